@@ -11,9 +11,9 @@ namespace sq {
 // Where an error happened. Every field is optional; what() prints the ones that are set, in the
 // order file, key, tensor, rank, before the message, so a user can find the culprit at once.
 struct ErrorContext {
-  std::string file;
-  std::string key;     // a config key, JSON path or recipe key
-  std::string tensor;  // a tensor name inside a checkpoint
+  std::string file{};
+  std::string key{};     // a config key, JSON path or recipe key
+  std::string tensor{};  // a tensor name inside a checkpoint
   int rank = -1;       // the MPI rank that saw the error (-1: not known / single process)
 };
 

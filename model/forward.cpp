@@ -1,0 +1,199 @@
+#include "model/forward.h"
+
+#include <cmath>
+#include <numbers>
+
+#include "core/error.h"
+#include "kernels/cpu/ops.h"
+
+namespace sq::model {
+
+using i64 = std::int64_t;
+
+KVCache::KVCache(const io::ModelConfig& config, i64 n_seq_, i64 max_len_)
+    : n_seq(n_seq_), max_len(max_len_) {
+  for (i64 l = 0; l < config.num_layers; ++l) {
+    k.push_back(Tensor::zeros(DType::f32, {n_seq, max_len, config.kv_dim()}));
+    v.push_back(Tensor::zeros(DType::f32, {n_seq, max_len, config.kv_dim()}));
+  }
+}
+
+std::vector<float> rope_inv_freq(const io::ModelConfig& c) {
+  if (c.positions != io::PositionKind::rope) return {};
+  const i64 d = c.head_dim;
+  std::vector<float> inv(static_cast<std::size_t>(d / 2));
+  for (i64 i = 0; i < d / 2; ++i) {
+    // HF computes base ** (2i / d) in fp32; computing in double and rounding once differs by at
+    // most one ulp.
+    inv[i] = static_cast<float>(1.0 / std::pow(c.rope.theta, double(2 * i) / double(d)));
+  }
+  const auto& r = c.rope;
+  switch (r.scaling) {
+    case io::RopeScaling::none: break;
+    case io::RopeScaling::linear:
+      for (auto& f : inv) f = static_cast<float>(f / r.factor);
+      break;
+    case io::RopeScaling::llama3: {
+      // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band in
+      // between interpolated smoothly.
+      const double old_len = double(r.original_max_position_embeddings);
+      const double low_wavelen = old_len / r.low_freq_factor;
+      const double high_wavelen = old_len / r.high_freq_factor;
+      for (auto& f : inv) {
+        const double wavelen = 2.0 * std::numbers::pi / f;
+        if (wavelen > low_wavelen) {
+          f = static_cast<float>(f / r.factor);
+        } else if (wavelen >= high_wavelen) {
+          const double smooth =
+              (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+          f = static_cast<float>((1.0 - smooth) * f / r.factor + smooth * f);
+        }
+      }
+      break;
+    }
+  }
+  return inv;
+}
+
+void apply_norm(const io::ModelConfig& c, const Norm& norm, const float* x, i64 rows, i64 cols,
+                float* out) {
+  switch (c.norm) {
+    case io::NormKind::rms:
+      cpu::rms_norm(x, rows, cols, norm.weight.data<float>(), static_cast<float>(c.norm_eps), out);
+      return;
+    case io::NormKind::layer:
+      cpu::layer_norm(x, rows, cols, norm.weight.data<float>(), norm.bias_or_null(),
+                      static_cast<float>(c.norm_eps), out);
+      return;
+  }
+}
+
+Tensor embed(const io::ModelConfig& c, const EmbeddingWeights& w,
+             std::span<const std::uint32_t> ids, const Batch& batch) {
+  const i64 n = batch.tokens();
+  if (static_cast<i64>(ids.size()) != n)
+    fail("embed: {} ids for a batch of {} x {} tokens", ids.size(), batch.n_seq, batch.seq_len);
+  for (i64 i = 0; i < n; ++i)
+    if (ids[i] >= static_cast<std::uint64_t>(c.vocab_size))
+      fail("token id {} at position {} is outside the vocabulary of {}", ids[i], i, c.vocab_size);
+
+  const i64 p = c.word_embed_proj_dim, h = c.hidden_size;
+  Tensor words = Tensor::zeros(DType::f32, {n, p});
+  cpu::embedding(w.tokens.data<float>(), p, ids.data(), n, words.mutable_data<float>());
+  Tensor hidden = words;
+  if (c.has_projections()) {
+    hidden = Tensor::zeros(DType::f32, {n, h});
+    cpu::linear(words.data<float>(), n, p, w.project_in.weight.data<float>(), nullptr, h,
+                hidden.mutable_data<float>());
+  }
+  if (c.positions == io::PositionKind::learned) {
+    const float* table = w.positions.data<float>();
+    float* out = hidden.mutable_data<float>();
+    const i64 rows = w.positions.dim(0);
+    for (i64 s = 0; s < batch.n_seq; ++s)
+      for (i64 t = 0; t < batch.seq_len; ++t) {
+        const i64 pos = batch.past + t + c.learned_position_offset;
+        if (pos >= rows)
+          fail("position {} exceeds max_position_embeddings {}", batch.past + t,
+               c.max_position_embeddings);
+        cpu::add(table + pos * h, h, out + (s * batch.seq_len + t) * h);
+      }
+  }
+  return hidden;
+}
+
+void block_forward(const io::ModelConfig& c, const BlockWeights& w,
+                   const std::vector<float>& inv_freq, const Batch& batch, Tensor& hidden,
+                   KVCache* cache, int layer, RopeKernel rope) {
+  const i64 T = batch.tokens(), H = c.hidden_size, D = c.head_dim;
+  const i64 qd = c.q_dim(), kvd = c.kv_dim();
+  SQ_CHECK(hidden.numel() == T * H, "hidden {} vs {} tokens", hidden.describe(), T);
+  float* h = hidden.mutable_data<float>();
+
+  // --- attention sub-block ---
+  Tensor xn = Tensor::zeros(DType::f32, {T, H});
+  apply_norm(c, w.attn_norm, h, T, H, xn.mutable_data<float>());
+  Tensor q = Tensor::zeros(DType::f32, {T, qd});
+  Tensor k = Tensor::zeros(DType::f32, {T, kvd});
+  Tensor v = Tensor::zeros(DType::f32, {T, kvd});
+  const float* x = xn.data<float>();
+  cpu::linear(x, T, H, w.q.weight.data<float>(), w.q.bias_or_null(), qd, q.mutable_data<float>());
+  cpu::linear(x, T, H, w.k.weight.data<float>(), w.k.bias_or_null(), kvd, k.mutable_data<float>());
+  cpu::linear(x, T, H, w.v.weight.data<float>(), w.v.bias_or_null(), kvd, v.mutable_data<float>());
+
+  if (c.positions == io::PositionKind::rope) {
+    std::vector<i64> positions(static_cast<std::size_t>(batch.seq_len));
+    for (i64 t = 0; t < batch.seq_len; ++t) positions[t] = batch.past + t;
+    for (i64 s = 0; s < batch.n_seq; ++s) {
+      rope(q.mutable_data<float>() + s * batch.seq_len * qd, batch.seq_len, c.num_heads, D, qd,
+           positions.data(), inv_freq.data());
+      rope(k.mutable_data<float>() + s * batch.seq_len * kvd, batch.seq_len, c.num_kv_heads, D,
+           kvd, positions.data(), inv_freq.data());
+    }
+  }
+
+  Tensor attn = Tensor::zeros(DType::f32, {T, qd});
+  const i64 tk = batch.past + batch.seq_len;
+  std::vector<float> scratch(static_cast<std::size_t>(batch.seq_len * tk));
+  cpu::AttentionShape shape{.tq = batch.seq_len, .tk = tk, .q_heads = c.num_heads,
+                            .kv_heads = c.num_kv_heads, .head_dim = D, .q_stride = qd,
+                            .kv_stride = kvd, .out_stride = qd,
+                            .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
+  for (i64 s = 0; s < batch.n_seq; ++s) {
+    const float* ks = k.data<float>() + s * batch.seq_len * kvd;
+    const float* vs = v.data<float>() + s * batch.seq_len * kvd;
+    if (cache != nullptr) {
+      SQ_CHECK(tk <= cache->max_len && s < cache->n_seq, "KV cache too small");
+      float* kc = cache->k[layer].mutable_data<float>() + s * cache->max_len * kvd;
+      float* vc = cache->v[layer].mutable_data<float>() + s * cache->max_len * kvd;
+      std::copy(ks, ks + batch.seq_len * kvd, kc + batch.past * kvd);
+      std::copy(vs, vs + batch.seq_len * kvd, vc + batch.past * kvd);
+      ks = kc;
+      vs = vc;
+    }
+    cpu::attention(shape, q.data<float>() + s * batch.seq_len * qd, ks, vs,
+                   attn.mutable_data<float>() + s * batch.seq_len * qd, scratch.data());
+  }
+  Tensor o = Tensor::zeros(DType::f32, {T, H});
+  cpu::linear(attn.data<float>(), T, qd, w.o.weight.data<float>(), w.o.bias_or_null(), H,
+              o.mutable_data<float>());
+  cpu::add(o.data<float>(), T * H, h);
+
+  // --- MLP sub-block ---
+  apply_norm(c, w.mlp_norm, h, T, H, xn.mutable_data<float>());
+  const i64 F = c.intermediate_size;
+  Tensor up = Tensor::zeros(DType::f32, {T, F});
+  cpu::linear(x, T, H, w.up.weight.data<float>(), w.up.bias_or_null(), F,
+              up.mutable_data<float>());
+  switch (c.activation) {
+    case io::Activation::silu: {
+      Tensor gate = Tensor::zeros(DType::f32, {T, F});
+      cpu::linear(x, T, H, w.gate.weight.data<float>(), w.gate.bias_or_null(), F,
+                  gate.mutable_data<float>());
+      cpu::silu_mul(gate.data<float>(), up.data<float>(), T * F, up.mutable_data<float>());
+      break;
+    }
+    case io::Activation::relu: cpu::relu(up.mutable_data<float>(), T * F); break;
+  }
+  cpu::linear(up.data<float>(), T, F, w.down.weight.data<float>(), w.down.bias_or_null(), H,
+              o.mutable_data<float>());
+  cpu::add(o.data<float>(), T * H, h);
+}
+
+Tensor head_logits(const io::ModelConfig& c, const HeadWeights& w, const float* hidden, i64 rows) {
+  const i64 H = c.hidden_size, P = c.word_embed_proj_dim;
+  Tensor xn = Tensor::zeros(DType::f32, {rows, H});
+  apply_norm(c, w.final_norm, hidden, rows, H, xn.mutable_data<float>());
+  Tensor features = xn;
+  if (c.has_projections()) {
+    features = Tensor::zeros(DType::f32, {rows, P});
+    cpu::linear(xn.data<float>(), rows, H, w.project_out.weight.data<float>(), nullptr, P,
+                features.mutable_data<float>());
+  }
+  Tensor logits = Tensor::zeros(DType::f32, {rows, c.vocab_size});
+  cpu::linear(features.data<float>(), rows, P, w.lm_head.data<float>(), nullptr, c.vocab_size,
+              logits.mutable_data<float>());
+  return logits;
+}
+
+}  // namespace sq::model

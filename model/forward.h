@@ -1,0 +1,61 @@
+// The FP32 forward pass, one piece at a time: embedding, one decoder block, head. Callers choose
+// the loop order: evaluation and calibration run block-outer (each block's weights are mapped
+// once and applied to every sequence); generation runs token-outer with a KV cache.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/model_config.h"
+#include "kernels/cpu/ops.h"
+#include "model/weights.h"
+
+namespace sq::model {
+
+// n_seq sequences of seq_len new tokens each, laid out sequence-major: row s * seq_len + t.
+// `past` tokens per sequence are already in the KV cache (0 without one).
+struct Batch {
+  std::int64_t n_seq = 1;
+  std::int64_t seq_len = 0;
+  std::int64_t past = 0;
+  std::int64_t tokens() const { return n_seq * seq_len; }
+};
+
+// Keys and values of every layer for n_seq sequences of up to max_len tokens.
+struct KVCache {
+  KVCache(const io::ModelConfig& config, std::int64_t n_seq, std::int64_t max_len);
+  std::vector<Tensor> k, v;  // per layer, f32 [n_seq, max_len, kv_dim]
+  std::int64_t n_seq, max_len;
+};
+
+// RoPE inverse frequencies for the config's rope type (default, linear, llama3), as HF computes
+// them; empty for models without RoPE.
+std::vector<float> rope_inv_freq(const io::ModelConfig& config);
+
+// f32 [batch.tokens(), hidden]. Throws naming the position of any id outside the vocabulary.
+Tensor embed(const io::ModelConfig& config, const EmbeddingWeights& weights,
+             std::span<const std::uint32_t> ids, const Batch& batch);
+
+// The RoPE kernel is a parameter so tests can show that the convention matters (HF LLaMA
+// checkpoints use rotate-half; the interleaved-pair kernel must not match them).
+using RopeKernel = void (*)(float* x, std::int64_t tokens, std::int64_t heads,
+                            std::int64_t head_dim, std::int64_t row_stride,
+                            const std::int64_t* positions, const float* inv_freq);
+
+// hidden: f32 [batch.tokens(), hidden], updated in place (the residual stream).
+void block_forward(const io::ModelConfig& config, const BlockWeights& weights,
+                   const std::vector<float>& inv_freq, const Batch& batch, Tensor& hidden,
+                   KVCache* cache = nullptr, int layer = 0,
+                   RopeKernel rope = &cpu::rope_rotate_half);
+
+// f32 [rows, vocab] from `rows` rows of final hidden states.
+Tensor head_logits(const io::ModelConfig& config, const HeadWeights& weights, const float* hidden,
+                   std::int64_t rows);
+
+// Applies a norm (RMSNorm or LayerNorm by config) to rows of width `cols`.
+void apply_norm(const io::ModelConfig& config, const Norm& norm, const float* x, std::int64_t rows,
+                std::int64_t cols, float* out);
+
+}  // namespace sq::model
