@@ -34,7 +34,8 @@ inline float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1Fu;
   std::uint32_t mant = h & 0x3FFu;
-  if (exp == 0x1F) return bits_float(sign | 0x7F800000u | (mant << 13));  // Inf / NaN
+  if (exp == 0x1F)  // Inf, or NaN made quiet (payload kept) as the F16C instruction does
+    return bits_float(sign | 0x7F800000u | (mant << 13) | (mant != 0 ? 0x00400000u : 0u));
   if (exp != 0) return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
   if (mant == 0) return bits_float(sign);
   // Subnormal: value = mant * 2^-24; normalise it.

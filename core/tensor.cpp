@@ -36,6 +36,8 @@ Tensor Tensor::zeros(DType dtype, Shape shape) {
   t.dtype_ = dtype;
   t.numel_ = shape_numel(shape);
   t.shape_ = std::move(shape);
+  if (static_cast<std::uint64_t>(t.numel_) > (std::uint64_t(1) << 62) / dtype_size(dtype))
+    fail("a {} tensor of shape {} is too large to allocate", dtype_name(dtype), shape_str(t.shape_));
   const std::size_t bytes = std::max<std::size_t>(t.nbytes(), 1);
   const std::size_t rounded = (bytes + 63) / 64 * 64;  // aligned_alloc needs a multiple
   void* p = std::aligned_alloc(64, rounded);

@@ -1,11 +1,13 @@
 // A Hugging Face weight directory: a single model.safetensors, or shards listed by
 // model.safetensors.index.json ({"metadata": {"total_size": N}, "weight_map": {name: file}}).
-// Shards are mapped lazily, the first time one of their tensors is asked for.
+// open() maps every shard to validate its header against the index; pages are read only when a
+// tensor's bytes are touched.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,7 +36,7 @@ class Checkpoint {
   const SafetensorsFile& shard(const std::string& file) const;
   std::string dir_;
   std::map<std::string, std::string, std::less<>> weight_map_;  // tensor -> shard file
-  // Shards are opened on first use (mutable: opening is a cache, not a state change).
+  // Filled by open(); shard() also opens on first use (mutable: a cache, not a state change).
   mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
 };
 
@@ -46,6 +48,8 @@ class ShardedCheckpointWriter {
  public:
   ShardedCheckpointWriter(std::string dir, std::uint64_t max_shard_bytes);
   ~ShardedCheckpointWriter();  // removes temporary shards if finish() was not reached
+  ShardedCheckpointWriter(const ShardedCheckpointWriter&) = delete;
+  ShardedCheckpointWriter& operator=(const ShardedCheckpointWriter&) = delete;
   void add(std::string name, Tensor tensor);
   void finish();
 
@@ -57,6 +61,7 @@ class ShardedCheckpointWriter {
   std::uint64_t pending_bytes_ = 0;
   std::vector<std::string> temp_shards_;
   std::vector<std::vector<std::string>> shard_tensors_;
+  std::set<std::string, std::less<>> names_;  // every name added, to refuse duplicates early
   std::uint64_t total_bytes_ = 0;
   bool finished_ = false;
 };

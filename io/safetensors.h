@@ -9,12 +9,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "core/mapped_file.h"
 #include "core/tensor.h"
 
@@ -44,7 +46,8 @@ class SafetensorsFile {
   const std::vector<SafetensorsEntry>& entries() const { return entries_; }
   bool contains(std::string_view name) const;
   const SafetensorsEntry& entry(std::string_view name) const;  // throws naming file + tensor
-  // Zero-copy read-only view; throws if the dtype is one ShardQuant does not hold.
+  // Zero-copy read-only view; throws if the dtype is one ShardQuant does not hold. (A tensor whose
+  // bytes are not aligned to its element size, possible when a writer mixes dtypes, is copied.)
   Tensor tensor(std::string_view name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::uint64_t header_size() const { return header_size_; }
@@ -65,5 +68,9 @@ using NamedTensor = std::pair<std::string, Tensor>;
 // rename, fsync of the directory). Names must be unique and not "__metadata__".
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// Parses JSON refusing duplicate object keys at any depth (nlohmann would keep the last one
+// silently). Errors carry `where`; a duplicate's dotted path goes into ErrorContext::key.
+nlohmann::json parse_json_strict(std::string_view text, const ErrorContext& where);
 
 }  // namespace sq::io

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The tiny end-to-end demo: installs the dependencies, builds, writes a small LLaMA-architecture
+# model with `shardquant synth` into demo/tiny-llama, and prints its perplexity on the eval tokens
+# synth wrote beside it. Prints the time of every step.
+#
+# demo/tiny-llama is replaced only once a new one has been written completely: synth writes into
+# a fresh staging directory under demo/, which is then moved into place.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+build_dir=${BUILD_DIR:-build}
+shardquant="$build_dir/shardquant"
+model_dir=demo/tiny-llama
+
+now_ns() { date +%s%N; }
+seconds_since() {
+  local ms=$((($(now_ns) - $1) / 1000000))
+  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
+}
+step() {
+  local name=$1 start rc
+  shift
+  echo "== step $name: $*"
+  start=$(now_ns)
+  if "$@"; then rc=0; else rc=$?; fi
+  if ((rc == 0)); then
+    echo "== step $name: $(seconds_since "$start") s"
+  else
+    echo "== step $name: FAILED (exit $rc) after $(seconds_since "$start") s" >&2
+  fi
+  return "$rc"
+}
+
+# Runs inside `step`'s `if`, where set -e does not apply: every command checks its own status, so
+# a failed synth never removes the previous model.
+synth() {
+  mkdir -p demo || return
+  staging=$(mktemp -d demo/.staging.XXXXXX) || return
+  trap 'rm -rf "$staging"' EXIT
+  "$shardquant" synth --arch llama --out "$staging/tiny-llama" --seed 1 || return
+  rm -rf "$model_dir" || return
+  mv "$staging/tiny-llama" "$model_dir"
+}
+
+total=$(now_ns)
+step install scripts/install-deps.sh
+step build scripts/build.sh
+step synth synth
+step eval "$shardquant" eval "$model_dir" --tokens "$model_dir/eval.npy"
+echo "== demo: done in $(seconds_since "$total") s; model in $model_dir"
