@@ -103,26 +103,27 @@ std::uint16_t ref_f32_to_bf16(float x) {
     const bool ok = bf16_is_nan(got) && (got & 0x0040u) != 0 &&  // NaN, quiet bit set
                     (got & 0x8000u) == ((float_bits(x) >> 16) & 0x8000u);
     if (ok) return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "f32_to_bf16(NaN " << hex(float_bits(x))
-                                         << ") = " << hex(got) << " is not a quiet NaN of that sign";
+    return ::testing::AssertionFailure()
+           << "f32_to_bf16(NaN " << hex(float_bits(x)) << ") = " << hex(got)
+           << " is not a quiet NaN of that sign";
   }
   const std::uint16_t want = ref_f32_to_bf16(x);
   if (got == want) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "f32_to_bf16(" << hex(float_bits(x)) << " = " << x
-                                       << ") = " << hex(got) << ", exact rounding gives "
-                                       << hex(want);
+  return ::testing::AssertionFailure()
+         << "f32_to_bf16(" << hex(float_bits(x)) << " = " << x << ") = " << hex(got)
+         << ", exact rounding gives " << hex(want);
 }
 
 // Stops a loop after the first few failures so a broken conversion does not print 65536 lines.
-#define SQ_EXPECT_FEW(cond, failures)        \
-  do {                                       \
-    if (failures < 10) {                     \
-      const auto r_ = (cond);                \
-      if (!r_) {                             \
-        ++failures;                          \
-        ADD_FAILURE() << r_.message();       \
-      }                                      \
-    }                                        \
+#define SQ_EXPECT_FEW(cond, failures)  \
+  do {                                 \
+    if (failures < 10) {               \
+      const auto r_ = (cond);          \
+      if (!r_) {                       \
+        ++failures;                    \
+        ADD_FAILURE() << r_.message(); \
+      }                                \
+    }                                  \
   } while (0)
 
 // --- half -> float ---------------------------------------------------------------------------
@@ -190,8 +191,8 @@ TEST(HalfToFloat, RoundTripIsIdentityExceptNaN) {
   for (std::uint32_t h = 0; h < 65536; ++h) {
     const auto hb = static_cast<std::uint16_t>(h);
     const std::uint16_t back = f32_to_f16(f16_to_f32(hb));
-    const bool ok = f16_is_nan(hb) ? f16_is_nan(back) && (back & 0x8000u) == (h & 0x8000u)
-                                   : back == hb;
+    const bool ok =
+        f16_is_nan(hb) ? f16_is_nan(back) && (back & 0x8000u) == (h & 0x8000u) : back == hb;
     if (!ok && failures++ < 10)
       ADD_FAILURE() << hex(h) << " -> " << f16_to_f32(hb) << " -> " << hex(back);
   }
@@ -216,7 +217,8 @@ TEST(FloatToHalf, EveryTieRoundsToEvenAndMatchesF16C) {
     const struct {
       float x;
       std::uint16_t want;
-    } cases[] = {{mid, even}, {above, static_cast<std::uint16_t>(h + 1)},
+    } cases[] = {{mid, even},
+                 {above, static_cast<std::uint16_t>(h + 1)},
                  {below, static_cast<std::uint16_t>(h)}};
     for (const auto& c : cases) {
       for (const float sign : {1.0f, -1.0f}) {
@@ -263,7 +265,7 @@ TEST(FloatToHalf, RangeEdges) {
       {std::ldexp(1.0f, -26), 0x0000},
       {std::numeric_limits<float>::denorm_min(), 0x0000},
       {-std::numeric_limits<float>::denorm_min(), 0x8000},
-      {std::ldexp(1.0f, -14), 0x0400},  // smallest normal half
+      {std::ldexp(1.0f, -14), 0x0400},     // smallest normal half
       {std::ldexp(1023.0f, -24), 0x03FF},  // largest subnormal half
       {std::ldexp(2047.0f, -25), 0x0400},  // tie between largest subnormal and smallest normal
       {1.0f, 0x3C00},
@@ -273,8 +275,8 @@ TEST(FloatToHalf, RangeEdges) {
       {2049.0f, 0x6800},  // tie between 2048 and 2050: 2048 is even
   };
   for (const auto& c : cases) {
-    EXPECT_EQ(hex(f32_to_f16(c.x)), hex(c.want)) << "x = " << c.x << " [" << hex(float_bits(c.x))
-                                                 << "]";
+    EXPECT_EQ(hex(f32_to_f16(c.x)), hex(c.want))
+        << "x = " << c.x << " [" << hex(float_bits(c.x)) << "]";
     if (have_f16c()) {
       EXPECT_TRUE(matches_hw_f16(c.x));
     }
@@ -335,8 +337,8 @@ TEST(BFloat16, ToFloatIsTheHighHalf) {
     if (float_bits(bf16_to_f32(bb)) != b << 16 && failures++ < 10)
       ADD_FAILURE() << "bf16_to_f32(" << hex(b) << ")";
     const std::uint16_t back = f32_to_bf16(bf16_to_f32(bb));
-    const bool ok = bf16_is_nan(bb) ? bf16_is_nan(back) && (back & 0x8000u) == (b & 0x8000u)
-                                    : back == bb;
+    const bool ok =
+        bf16_is_nan(bb) ? bf16_is_nan(back) && (back & 0x8000u) == (b & 0x8000u) : back == bb;
     if (!ok && failures++ < 10) ADD_FAILURE() << "round trip " << hex(b) << " -> " << hex(back);
   }
   EXPECT_EQ(failures, 0);

@@ -2,6 +2,7 @@
 // typed access rules, dtype conversions (checked against hand-computed bit patterns, not against
 // the library's own converters), shape arithmetic limits, error message composition, and mmap.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -11,7 +12,6 @@
 #include <limits>
 #include <memory>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "core/error.h"
@@ -57,10 +57,9 @@ TEST(Tensor, ZerosIsZeroFilledWritableAndAligned) {
     DType dtype;
     Shape shape;
     std::int64_t numel;
-  } cases[] = {{DType::f32, {3, 5}, 15},      {DType::bf16, {7}, 7},
-               {DType::f16, {1, 1, 3}, 3},    {DType::i8, {13}, 13},
-               {DType::u8, {65}, 65},         {DType::i32, {2, 0, 4}, 0},
-               {DType::i64, {}, 1},           {DType::f32, {0}, 0}};
+  } cases[] = {{DType::f32, {3, 5}, 15}, {DType::bf16, {7}, 7}, {DType::f16, {1, 1, 3}, 3},
+               {DType::i8, {13}, 13},    {DType::u8, {65}, 65}, {DType::i32, {2, 0, 4}, 0},
+               {DType::i64, {}, 1},      {DType::f32, {0}, 0}};
   for (const auto& c : cases) {
     Tensor t = Tensor::zeros(c.dtype, c.shape);
     EXPECT_TRUE(t.defined());
@@ -173,7 +172,7 @@ TEST(Tensor, ViewKeepsOwnerAlive) {
   owner.reset();
   EXPECT_FALSE(freed) << "the view must hold the owner";
   {
-    Tensor copy = v;                     // NOLINT(performance-unnecessary-copy-initialization)
+    Tensor copy = v;  // NOLINT(performance-unnecessary-copy-initialization)
     Tensor reshaped = v.reshape({2, 4});
     v = Tensor();
     EXPECT_FALSE(freed) << "copies and reshapes must hold the owner too";
@@ -209,7 +208,7 @@ TEST(Shape, NumelLimits) {
   EXPECT_EQ(shape_numel({kMax}), kMax);
   EXPECT_EQ(shape_numel({kMax, 1}), kMax);
   EXPECT_EQ(shape_numel({3037000499, 3037000499}), 3037000499LL * 3037000499LL);  // < 2^63
-  EXPECT_THROW(shape_numel({3037000500, 3037000500}), Error);                      // > 2^63 - 1
+  EXPECT_THROW(shape_numel({3037000500, 3037000500}), Error);                     // > 2^63 - 1
   EXPECT_THROW(shape_numel({kMax, 2}), Error);
   EXPECT_THROW(shape_numel({std::int64_t{1} << 32, std::int64_t{1} << 31}), Error);
   EXPECT_THROW(shape_numel({1 << 16, 1 << 16, 1 << 16, 1 << 16}), Error);  // 2^64
@@ -235,13 +234,13 @@ const ConvCase kConv[] = {
     {0.5f, 0x3800, 0x3F00},
     {0.0f, 0x0000, 0x0000},
     {-0.0f, 0x8000, 0x8000},
-    {65504.0f, 0x7BFF, 0x4780},           // bf16: 65504 rounds up to 65536
-    {0x1p-24f, 0x0001, 0x3380},           // smallest half subnormal
-    {1.0f + 0x1p-11f, 0x3C00, 0x3F80},    // half tie -> even (1.0)
-    {1.0f + 0x3p-11f, 0x3C02, 0x3F80},    // half tie -> even (1 + 2^-9)
-    {1.0f + 0x1p-8f, 0x3C04, 0x3F80},     // bf16 tie -> even (1.0)
-    {1.0f + 0x3p-8f, 0x3C0C, 0x3F82},     // bf16 tie -> even (1 + 2^-6)
-    {1e5f, 0x7C00, 0x47C3},               // half overflows to Inf; bf16 99840
+    {65504.0f, 0x7BFF, 0x4780},         // bf16: 65504 rounds up to 65536
+    {0x1p-24f, 0x0001, 0x3380},         // smallest half subnormal
+    {1.0f + 0x1p-11f, 0x3C00, 0x3F80},  // half tie -> even (1.0)
+    {1.0f + 0x3p-11f, 0x3C02, 0x3F80},  // half tie -> even (1 + 2^-9)
+    {1.0f + 0x1p-8f, 0x3C04, 0x3F80},   // bf16 tie -> even (1.0)
+    {1.0f + 0x3p-8f, 0x3C0C, 0x3F82},   // bf16 tie -> even (1 + 2^-6)
+    {1e5f, 0x7C00, 0x47C3},             // half overflows to Inf; bf16 99840
     {-3.140625f, 0xC248, 0xC049},
     {INFINITY, 0x7C00, 0x7F80},
 };
@@ -352,9 +351,10 @@ TEST(ErrorContext, PlainMessage) {
 }
 
 TEST(ErrorContext, FieldsAppearInOrderFileKeyTensorRank) {
-  const Error e("bad scale",
-                ErrorContext{.file = "model-00001.safetensors", .key = "recipe.bits",
-                             .tensor = "layers.0.q_proj.weight", .rank = 3});
+  const Error e("bad scale", ErrorContext{.file = "model-00001.safetensors",
+                                          .key = "recipe.bits",
+                                          .tensor = "layers.0.q_proj.weight",
+                                          .rank = 3});
   const std::string w = e.what();
   const auto pf = w.find("model-00001.safetensors"), pk = w.find("recipe.bits"),
              pt = w.find("layers.0.q_proj.weight"), pr = w.find("rank 3"), pm = w.find("bad scale");
@@ -418,8 +418,8 @@ TEST(ErrorContext, FailAndCheckThrowFormattedErrors) {
 
 std::string scratch_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const std::string dir = std::string(SQ_TEST_TMP_DIR) + "/core/" + info->test_suite_name() +
-                          "." + info->name();
+  const std::string dir =
+      std::string(SQ_TEST_TMP_DIR) + "/core/" + info->test_suite_name() + "." + info->name();
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
