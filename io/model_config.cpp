@@ -288,7 +288,12 @@ RopeConfig parse_rope(const Fields& f, const std::string& source) {
 // --- architectures ----------------------------------------------------------------------------
 
 std::string causal_lm_class(Arch arch) {
-  return arch == Arch::llama ? "LlamaForCausalLM" : "OPTForCausalLM";
+  switch (arch) {
+    case Arch::llama: return "LlamaForCausalLM";
+    case Arch::opt: return "OPTForCausalLM";
+    case Arch::bloom: return "BloomForCausalLM";
+  }
+  return "?";
 }
 
 Arch detect_arch(const Fields& f) {
@@ -300,8 +305,10 @@ Arch detect_arch(const Fields& f) {
       arch = Arch::llama;
     } else if (name == "opt") {
       arch = Arch::opt;
+    } else if (name == "bloom") {
+      arch = Arch::bloom;
     } else {
-      f.refuse("model_type", "unsupported model type {}: ShardQuant supports llama and opt",
+      f.refuse("model_type", "unsupported model type {}: ShardQuant supports llama, opt and bloom",
                show(*type));
     }
   }
@@ -314,10 +321,11 @@ Arch detect_arch(const Fields& f) {
       std::optional<Arch> named;
       if (entry == causal_lm_class(Arch::llama)) named = Arch::llama;
       if (entry == causal_lm_class(Arch::opt)) named = Arch::opt;
+      if (entry == causal_lm_class(Arch::bloom)) named = Arch::bloom;
       if (!named) {
         f.refuse("architectures",
-                 "unsupported architecture {}: ShardQuant supports LlamaForCausalLM and "
-                 "OPTForCausalLM",
+                 "unsupported architecture {}: ShardQuant supports LlamaForCausalLM, "
+                 "OPTForCausalLM and BloomForCausalLM",
                  show(entry));
       }
       if (arch && *arch != *named) {
@@ -441,6 +449,51 @@ ModelConfig parse_opt(const Fields& f) {
   return c;
 }
 
+// BLOOM: n_embed/hidden_size, n_layer, n_head (older and newer spellings), MLP 4 x hidden with
+// tanh GELU, ALiBi positions, LayerNorm after the embedding, biases everywhere, tied lm_head.
+ModelConfig parse_bloom(const Fields& f) {
+  ModelConfig c;
+  c.arch = Arch::bloom;
+  c.model_type = "bloom";
+  auto either = [&](const char* newer, const char* older) -> std::int64_t {
+    const bool has_newer = f.find_set(newer) != nullptr, has_older = f.find_set(older) != nullptr;
+    if (has_newer && has_older && f.size(newer) != f.size(older))
+      f.refuse(older, "{} disagrees with {} {}", f.size(older), newer, f.size(newer));
+    return has_newer ? f.size(newer) : f.size(older);
+  };
+  c.hidden_size = either("hidden_size", "n_embed");
+  c.num_layers = either("num_hidden_layers", "n_layer");
+  c.num_heads = either("num_attention_heads", "n_head");
+  if (c.hidden_size % c.num_heads != 0) {
+    f.refuse("n_head", "{} does not divide hidden_size {}", c.num_heads, c.hidden_size);
+  }
+  c.num_kv_heads = c.num_heads;
+  c.head_dim = c.hidden_size / c.num_heads;
+  if (const json* inner = f.find_set("n_inner")) {
+    if (f.size("n_inner") != 4 * c.hidden_size)
+      f.refuse("n_inner", "{} is not 4 x hidden_size: BLOOM's MLP is 4 x hidden", show(*inner));
+  }
+  c.intermediate_size = 4 * c.hidden_size;
+  c.vocab_size = f.size("vocab_size");
+  // ALiBi has no position table; seq_length (when given) is the trained context.
+  c.max_position_embeddings = f.size("seq_length", 2048);
+  if (f.flag("apply_residual_connection_post_layernorm", false)) {
+    f.refuse("apply_residual_connection_post_layernorm",
+             "true is not supported: ShardQuant's BLOOM blocks add the residual before the norm");
+  }
+  c.norm_eps = f.positive("layer_norm_epsilon", 1e-5);
+  c.tie_word_embeddings = f.flag("tie_word_embeddings", true);
+  c.torch_dtype = parse_dtype(f);
+  c.norm = NormKind::layer;
+  c.norm_bias = true;
+  c.activation = Activation::gelu_tanh;
+  c.positions = PositionKind::alibi;
+  c.attention_bias = c.mlp_bias = true;
+  c.embedding_norm = true;
+  c.word_embed_proj_dim = c.hidden_size;
+  return c;
+}
+
 // The first field where two configs differ in what a config.json can express, or "".
 std::string first_difference(const ModelConfig& a, const ModelConfig& b) {
   if (a.arch != b.arch) return "arch";
@@ -461,6 +514,7 @@ std::string first_difference(const ModelConfig& a, const ModelConfig& b) {
   if (a.mlp_bias != b.mlp_bias) return "mlp_bias";
   if (a.norm_bias != b.norm_bias) return "norm_bias";
   if (a.learned_position_offset != b.learned_position_offset) return "learned_position_offset";
+  if (a.embedding_norm != b.embedding_norm) return "embedding_norm";
   if (a.torch_dtype != b.torch_dtype) return "torch_dtype";
   if (a.arch == Arch::opt && a.word_embed_proj_dim != b.word_embed_proj_dim) {
     return "word_embed_proj_dim";
@@ -509,6 +563,15 @@ json write_json(const ModelConfig& c) {
     if (c.rope.partial_rotary_factor != 1.0) {
       j["partial_rotary_factor"] = c.rope.partial_rotary_factor;  // parse refuses it: caught below
     }
+  } else if (c.arch == Arch::bloom) {
+    j["n_layer"] = c.num_layers;
+    j["n_head"] = c.num_heads;
+    j.erase("num_hidden_layers");
+    j.erase("num_attention_heads");
+    j.erase("max_position_embeddings");
+    j["seq_length"] = c.max_position_embeddings;
+    j["layer_norm_epsilon"] = c.norm_eps;
+    j["apply_residual_connection_post_layernorm"] = false;
   } else {
     j["ffn_dim"] = c.intermediate_size;
     j["word_embed_proj_dim"] = c.word_embed_proj_dim;
@@ -530,7 +593,12 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& sourc
   const Fields f(json, source);
   const Arch arch = detect_arch(f);
   refuse_already_quantized(f);
-  return arch == Arch::llama ? parse_llama(f, source) : parse_opt(f);
+  switch (arch) {
+    case Arch::llama: return parse_llama(f, source);
+    case Arch::opt: return parse_opt(f);
+    case Arch::bloom: return parse_bloom(f);
+  }
+  return {};
 }
 
 ModelConfig load_hf_config(const std::string& path) {
@@ -574,6 +642,8 @@ std::string arch_name(Arch arch) {
       return "llama";
     case Arch::opt:
       return "opt";
+    case Arch::bloom:
+      return "bloom";
   }
   return "unknown";
 }

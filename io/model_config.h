@@ -12,10 +12,12 @@
 
 namespace sq::io {
 
-enum class Arch { llama, opt };  // BLOOM joins later.
+// BLOOM configs parse (so plans and sizes work from configs/models alone); its forward pass
+// (fused QKV, ALiBi) is refused by model/ until it lands.
+enum class Arch { llama, opt, bloom };
 enum class NormKind { rms, layer };
-enum class Activation { silu, relu };
-enum class PositionKind { rope, learned };  // ALiBi joins with BLOOM.
+enum class Activation { silu, relu, gelu_tanh };
+enum class PositionKind { rope, learned, alibi };
 enum class RopeScaling { none, linear, llama3 };
 
 struct RopeConfig {
@@ -51,6 +53,7 @@ struct ModelConfig {
   // OPT: width of the token embedding when it differs from hidden_size (project_in/out exist).
   std::int64_t word_embed_proj_dim = 0;
   std::int64_t learned_position_offset = 0;  // OPT looks positions up at pos + 2
+  bool embedding_norm = false;               // BLOOM: LayerNorm right after the embedding
   DType torch_dtype = DType::f32;            // the dtype the weights are stored in
 
   bool gated_mlp() const { return activation == Activation::silu; }

@@ -174,6 +174,7 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w,
       break;
     }
     case io::Activation::relu: cpu::relu(up.mutable_data<float>(), T * F); break;
+    case io::Activation::gelu_tanh: cpu::gelu_tanh(up.mutable_data<float>(), T * F); break;
   }
   cpu::linear(up.data<float>(), T, F, w.down.weight.data<float>(), w.down.bias_or_null(), H,
               o.mutable_data<float>());

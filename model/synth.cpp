@@ -60,6 +60,7 @@ io::ModelConfig synth_config(const SynthSpec& s) {
       c.attention_bias = c.mlp_bias = true;
       c.tie_word_embeddings = true;
       break;
+    case io::Arch::bloom: fail("synth: BLOOM models are not supported yet");
   }
   if (c.num_heads % c.num_kv_heads != 0)
     fail("synth: kv_heads {} does not divide heads {}", c.num_kv_heads, c.num_heads);

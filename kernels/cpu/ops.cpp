@@ -126,6 +126,14 @@ void relu(float* x, i64 n) {
   for (i64 i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
+void gelu_tanh(float* x, i64 n) {
+  constexpr float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  for (i64 i = 0; i < n; ++i) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+  }
+}
+
 void add(const float* x, i64 n, float* y) {
   for (i64 i = 0; i < n; ++i) y[i] += x[i];
 }

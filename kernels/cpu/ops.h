@@ -42,6 +42,8 @@ void attention(const AttentionShape& s, const float* q, const float* k, const fl
 // out[i] = silu(gate[i]) * up[i]
 void silu_mul(const float* gate, const float* up, i64 n, float* out);
 void relu(float* x, i64 n);
+// GELU, tanh approximation (BLOOM): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void gelu_tanh(float* x, i64 n);
 // y[i] += x[i]
 void add(const float* x, i64 n, float* y);
 

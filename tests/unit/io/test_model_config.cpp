@@ -182,27 +182,41 @@ TEST(ModelConfigReal, Opt175b) {
   expect_round_trip(c);
 }
 
-TEST(ModelConfigReal, Bloom176bIsRefusedForNow) {
-  try {
-    load_hf_config(kModels + "/bloom-176b.json");
-    FAIL() << "bloom accepted";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("model_type"), std::string::npos) << what;
-    EXPECT_NE(what.find("bloom"), std::string::npos) << what;
-    EXPECT_NE(what.find("bloom-176b.json"), std::string::npos) << what;
-  }
+TEST(ModelConfigReal, Bloom176b) {
+  const ModelConfig c = load_hf_config(kModels + "/bloom-176b.json");
+  EXPECT_EQ(c.arch, Arch::bloom);
+  EXPECT_EQ(c.hidden_size, 14336);
+  EXPECT_EQ(c.num_layers, 70);
+  EXPECT_EQ(c.num_heads, 112);
+  EXPECT_EQ(c.num_kv_heads, 112);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.intermediate_size, 4 * 14336);
+  EXPECT_EQ(c.vocab_size, 250880);
+  EXPECT_DOUBLE_EQ(c.norm_eps, 1e-5);
+  EXPECT_EQ(c.activation, Activation::gelu_tanh);
+  EXPECT_EQ(c.positions, PositionKind::alibi);
+  EXPECT_TRUE(c.embedding_norm);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_TRUE(c.attention_bias && c.mlp_bias && c.norm_bias);
+  EXPECT_EQ(c.torch_dtype, DType::bf16);
+  // Round trip through the config.json spelling.
+  const ModelConfig back = parse_hf_config(to_hf_config(c), "written");
+  EXPECT_EQ(back.hidden_size, c.hidden_size);
+  EXPECT_EQ(back.num_layers, c.num_layers);
+  EXPECT_TRUE(back.embedding_norm);
 }
 
-TEST(ModelConfigReal, EveryFileIsValidJsonWithPublishedBloomDims) {
-  // BLOOM is refused by the parser today; check its published shape straight from the JSON.
+TEST(ModelConfigReal, BloomPostLayerNormResidualIsRefused) {
   std::ifstream in(kModels + "/bloom-176b.json");
-  const json j = json::parse(in);
-  EXPECT_EQ(j.at("hidden_size"), 14336);
-  EXPECT_EQ(j.at("n_layer"), 70);
-  EXPECT_EQ(j.at("n_head"), 112);
-  EXPECT_EQ(j.at("vocab_size"), 250880);
-  EXPECT_EQ(j.at("layer_norm_epsilon"), 1e-5);
+  json j = json::parse(in);
+  j["apply_residual_connection_post_layernorm"] = true;
+  try {
+    parse_hf_config(j, "bloom.json");
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("apply_residual_connection_post_layernorm"),
+              std::string::npos);
+  }
 }
 
 // --- LLaMA variants -----------------------------------------------------------------------------

@@ -669,3 +669,25 @@ TEST(Blas, ThreadCountRoundTrips) {
 
 }  // namespace
 }  // namespace sq::cpu
+
+namespace sq {
+namespace {
+// GELU (tanh form) against the formula in double; and it is not exact GELU (erf form) — the
+// two differ by up to ~5e-4 near |x| = 2, which is what a model would notice.
+TEST(CpuElementwise, GeluTanhMatchesFormula) {
+  std::vector<float> x;
+  for (int i = -400; i <= 400; ++i) x.push_back(float(i) / 50.0f);
+  std::vector<float> y = x;
+  cpu::gelu_tanh(y.data(), static_cast<cpu::i64>(y.size()));
+  double max_vs_erf = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double v = x[i];
+    const double ref = 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+    // fp32 tanh and cubic: a few ulp of the result.
+    EXPECT_NEAR(y[i], ref, 1e-6 * std::max(1.0, std::abs(ref))) << v;
+    max_vs_erf = std::max(max_vs_erf, std::abs(ref - 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)))));
+  }
+  EXPECT_GT(max_vs_erf, 1e-4);
+}
+}  // namespace
+}  // namespace sq
