@@ -26,7 +26,7 @@ EvalResult evaluate(const Model& model, std::span<const std::uint32_t> tokens, s
   for (int layer = 0; layer < model.num_layers(); ++layer) {
     const auto t0 = std::chrono::steady_clock::now();
     const BlockWeights w = model.load_block(layer);  // freed at the end of this iteration
-    block_forward(c, w, inv_freq, batch, hidden, nullptr, 0, options.rope);
+    block_forward(c, w, batch, hidden, {.inv_freq = inv_freq, .rope = options.rope});
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log::debug("eval block {}/{}: {:.3f} s, {:.0f} tokens/s", layer + 1, model.num_layers(), dt,
                double(batch.tokens()) / dt);

@@ -102,9 +102,26 @@ Tensor embed(const io::ModelConfig& c, const EmbeddingWeights& w,
   return hidden;
 }
 
-void block_forward(const io::ModelConfig& c, const BlockWeights& w,
-                   const std::vector<float>& inv_freq, const Batch& batch, Tensor& hidden,
-                   KVCache* cache, int layer, RopeKernel rope) {
+std::string_view site_name(Site site) {
+  switch (site) {
+    case Site::qkv_in: return "qkv_in";
+    case Site::o_in: return "o_in";
+    case Site::mlp_in: return "mlp_in";
+    case Site::down_in: return "down_in";
+    case Site::attn_q: return "attn_q";
+    case Site::attn_k: return "attn_k";
+    case Site::attn_v: return "attn_v";
+  }
+  return "?";
+}
+
+void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch& batch,
+                   Tensor& hidden, const BlockContext& ctx) {
+  KVCache* cache = ctx.cache;
+  const int layer = ctx.layer;
+  auto hook = [&](Site site, Tensor& t) {
+    if (ctx.hook != nullptr) ctx.hook->at(site, t.mutable_data<float>(), t.dim(0), t.dim(1));
+  };
   const i64 T = batch.tokens(), H = c.hidden_size, D = c.head_dim;
   const i64 qd = c.q_dim(), kvd = c.kv_dim();
   SQ_CHECK(hidden.numel() == T * H, "hidden {} vs {} tokens", hidden.describe(), T);
@@ -113,6 +130,7 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w,
   // --- attention sub-block ---
   Tensor xn = Tensor::zeros(DType::f32, {T, H});
   apply_norm(c, w.attn_norm, h, T, H, xn.mutable_data<float>());
+  hook(Site::qkv_in, xn);
   Tensor q = Tensor::zeros(DType::f32, {T, qd});
   Tensor k = Tensor::zeros(DType::f32, {T, kvd});
   Tensor v = Tensor::zeros(DType::f32, {T, kvd});
@@ -125,12 +143,15 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w,
     std::vector<i64> positions(static_cast<std::size_t>(batch.seq_len));
     for (i64 t = 0; t < batch.seq_len; ++t) positions[t] = batch.past + t;
     for (i64 s = 0; s < batch.n_seq; ++s) {
-      rope(q.mutable_data<float>() + s * batch.seq_len * qd, batch.seq_len, c.num_heads, D, qd,
-           positions.data(), inv_freq.data());
-      rope(k.mutable_data<float>() + s * batch.seq_len * kvd, batch.seq_len, c.num_kv_heads, D,
-           kvd, positions.data(), inv_freq.data());
+      ctx.rope(q.mutable_data<float>() + s * batch.seq_len * qd, batch.seq_len, c.num_heads, D,
+               qd, positions.data(), ctx.inv_freq.data());
+      ctx.rope(k.mutable_data<float>() + s * batch.seq_len * kvd, batch.seq_len, c.num_kv_heads,
+               D, kvd, positions.data(), ctx.inv_freq.data());
     }
   }
+  hook(Site::attn_q, q);
+  hook(Site::attn_k, k);
+  hook(Site::attn_v, v);
 
   Tensor attn = Tensor::zeros(DType::f32, {T, qd});
   const i64 tk = batch.past + batch.seq_len;
@@ -154,6 +175,7 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w,
     cpu::attention(shape, q.data<float>() + s * batch.seq_len * qd, ks, vs,
                    attn.mutable_data<float>() + s * batch.seq_len * qd, scratch.data());
   }
+  hook(Site::o_in, attn);
   Tensor o = Tensor::zeros(DType::f32, {T, H});
   cpu::linear(attn.data<float>(), T, qd, w.o.weight.data<float>(), w.o.bias_or_null(), H,
               o.mutable_data<float>());
@@ -161,6 +183,7 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w,
 
   // --- MLP sub-block ---
   apply_norm(c, w.mlp_norm, h, T, H, xn.mutable_data<float>());
+  hook(Site::mlp_in, xn);
   const i64 F = c.intermediate_size;
   Tensor up = Tensor::zeros(DType::f32, {T, F});
   cpu::linear(x, T, H, w.up.weight.data<float>(), w.up.bias_or_null(), F,
@@ -176,6 +199,7 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w,
     case io::Activation::relu: cpu::relu(up.mutable_data<float>(), T * F); break;
     case io::Activation::gelu_tanh: cpu::gelu_tanh(up.mutable_data<float>(), T * F); break;
   }
+  hook(Site::down_in, up);
   cpu::linear(up.data<float>(), T, F, w.down.weight.data<float>(), w.down.bias_or_null(), H,
               o.mutable_data<float>());
   cpu::add(o.data<float>(), T * H, h);

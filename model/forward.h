@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "core/tensor.h"
@@ -44,11 +45,32 @@ using RopeKernel = void (*)(float* x, std::int64_t tokens, std::int64_t heads,
                             std::int64_t head_dim, std::int64_t row_stride,
                             const std::int64_t* positions, const float* inv_freq);
 
+// Where activations enter a matrix product inside a block. The linear inputs are what weight-
+// activation quantization quantizes and calibration observes; q/k/v are the attention matmul
+// inputs (after RoPE).
+enum class Site { qkv_in, o_in, mlp_in, down_in, attn_q, attn_k, attn_v };
+inline constexpr int kSiteCount = 7;
+std::string_view site_name(Site site);
+
+// Sees (and may change in place) each activation matrix [rows, cols] right before it is consumed:
+// calibration observes, quantized forward fake-quantizes. Rows are tokens, sequence-major.
+class ActivationHook {
+ public:
+  virtual ~ActivationHook() = default;
+  virtual void at(Site site, float* x, std::int64_t rows, std::int64_t cols) = 0;
+};
+
+struct BlockContext {
+  std::span<const float> inv_freq;  // from rope_inv_freq(); empty without RoPE
+  KVCache* cache = nullptr;         // with a cache, `layer` picks its slot
+  int layer = 0;
+  RopeKernel rope = &cpu::rope_rotate_half;
+  ActivationHook* hook = nullptr;
+};
+
 // hidden: f32 [batch.tokens(), hidden], updated in place (the residual stream).
-void block_forward(const io::ModelConfig& config, const BlockWeights& weights,
-                   const std::vector<float>& inv_freq, const Batch& batch, Tensor& hidden,
-                   KVCache* cache = nullptr, int layer = 0,
-                   RopeKernel rope = &cpu::rope_rotate_half);
+void block_forward(const io::ModelConfig& config, const BlockWeights& weights, const Batch& batch,
+                   Tensor& hidden, const BlockContext& context = {});
 
 // f32 [rows, vocab] from `rows` rows of final hidden states.
 Tensor head_logits(const io::ModelConfig& config, const HeadWeights& weights, const float* hidden,

@@ -227,7 +227,7 @@ double calibrate_logit_scale(const SynthSpec& spec, const io::ModelConfig& c,
   emb.project_in.weight = w.find(TensorKind::project_in);
   Tensor hidden = embed(c, emb, ids, batch);
   const auto inv_freq = rope_inv_freq(c);
-  for (int l = 0; l < c.num_layers; ++l) block_forward(c, w.block(l), inv_freq, batch, hidden);
+  for (int l = 0; l < c.num_layers; ++l) block_forward(c, w.block(l), batch, hidden, {.inv_freq = inv_freq});
   HeadWeights head;
   head.final_norm.weight = w.find(TensorKind::final_norm_weight);
   head.final_norm.bias = w.find(TensorKind::final_norm_bias);

@@ -146,7 +146,7 @@ TEST(Forward, KvCachedDecodingMatchesFullForward) {
       const model::Batch batch{.n_seq = n_seq, .seq_len = 1, .past = t};
       Tensor h = model::embed(c, emb, step, batch);
       for (int l = 0; l < m.num_layers(); ++l)
-        model::block_forward(c, blocks[l], inv_freq, batch, h, &cache, l);
+        model::block_forward(c, blocks[l], batch, h, {.inv_freq = inv_freq, .cache = &cache, .layer = l});
       const Tensor logits = model::head_logits(c, head, h.data<float>(), n_seq);
       for (std::int64_t s = 0; s < n_seq; ++s)
         for (std::int64_t v = 0; v < c.vocab_size; ++v) {
