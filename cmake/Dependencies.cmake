@@ -3,6 +3,8 @@ find_package(fmt REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(Threads REQUIRED)
+# Recipes are YAML in every build, single-rank included (`shardquant run` needs them).
+find_package(yaml-cpp REQUIRED)
 
 # OpenBLAS: Debian ships the CBLAS interface in libopenblas-dev (pkg-config "openblas").
 find_package(PkgConfig REQUIRED)
@@ -11,7 +13,6 @@ pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 if(SQ_DISTRIBUTED)
   find_package(MPI REQUIRED COMPONENTS CXX)
   find_package(HDF5 REQUIRED COMPONENTS C)
-  find_package(yaml-cpp REQUIRED)
 endif()
 
 # CUDA: AUTO enables it when nvcc is on PATH (or CUDACXX is set).

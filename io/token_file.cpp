@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <bit>
 #include <cctype>
 #include <filesystem>
 #include <limits>
@@ -281,6 +282,36 @@ TokenData read_tokens(const std::string& path) {
   return read_raw(*file, ext == ".u16" ? 2 : 4);
 }
 
+// Magic, version 1.0, header length and the header dict, padded so that the data starts on a
+// 64-byte boundary (NumPy's rule: the whole prefix fills 64-byte blocks and ends with '\n').
+std::string npy_prefix(std::string_view descr, const std::vector<std::int64_t>& shape) {
+  std::string dims;
+  for (std::size_t i = 0; i < shape.size(); ++i) dims += fmt::format("{}, ", shape[i]);
+  // "(a, b)" for several dims, "(a,)" for one, as NumPy writes them.
+  if (!dims.empty()) dims.resize(dims.size() - (shape.size() > 1 ? 2 : 1));
+  std::string header =
+      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
+  const std::size_t used = kNpyMagic.size() + 2 + 2 + header.size() + 1;
+  header.append((64 - used % 64) % 64, ' ');
+  header += '\n';
+  std::string prefix(kNpyMagic);
+  prefix += '\x01';
+  prefix += '\x00';
+  prefix += static_cast<char>(header.size() & 0xFF);
+  prefix += static_cast<char>(header.size() >> 8);
+  return prefix + header;
+}
+
+void write_npy_f32(const std::string& path, const Tensor& values) {
+  static_assert(std::endian::native == std::endian::little, "'<f4' is written from host memory");
+  const std::string prefix = npy_prefix("<f4", values.shape());
+  const float* data = values.data<float>();
+  write_file_atomic(path, [&](const ByteSink& sink) {
+    sink(prefix.data(), prefix.size());
+    sink(data, values.nbytes());
+  });
+}
+
 void write_tokens_npy(const std::string& path, std::span<const std::uint32_t> tokens,
                       std::int64_t n_seq, std::int64_t seq_len) {
   if (n_seq < 0 || seq_len < 0 ||
@@ -292,19 +323,7 @@ void write_tokens_npy(const std::string& path, std::span<const std::uint32_t> to
   const bool narrow =
       std::all_of(tokens.begin(), tokens.end(), [](std::uint32_t t) { return t <= 0xFFFFu; });
   const int elem = narrow ? 2 : 4;
-  std::string header = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}, {}), }}",
-                                   narrow ? "<u2" : "<u4", n_seq, seq_len);
-  // NumPy's rule: magic + version + length + header (ending in '\n') fills whole 64-byte blocks,
-  // so the data starts aligned.
-  const std::size_t used = kNpyMagic.size() + 2 + 2 + header.size() + 1;
-  header.append((64 - used % 64) % 64, ' ');
-  header += '\n';
-  std::string prefix(kNpyMagic);
-  prefix += '\x01';
-  prefix += '\x00';
-  prefix += static_cast<char>(header.size() & 0xFF);
-  prefix += static_cast<char>(header.size() >> 8);
-  prefix += header;
+  const std::string prefix = npy_prefix(narrow ? "<u2" : "<u4", {n_seq, seq_len});
 
   write_file_atomic(path, [&](const ByteSink& sink) {
     sink(prefix.data(), prefix.size());

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace sq::io {
 
 struct TokenData {
@@ -22,5 +24,8 @@ TokenData read_tokens(const std::string& path);
 // Writes a 2-D .npy [n_seq, seq_len]: uint16 when every id fits, else uint32. Atomic.
 void write_tokens_npy(const std::string& path, std::span<const std::uint32_t> tokens,
                       std::int64_t n_seq, std::int64_t seq_len);
+
+// Writes any f32 tensor as a C-order '<f4' .npy of its shape (logit dumps for comparisons).
+void write_npy_f32(const std::string& path, const Tensor& values);
 
 }  // namespace sq::io

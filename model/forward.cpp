@@ -1,5 +1,6 @@
 #include "model/forward.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -55,8 +56,69 @@ std::vector<float> rope_inv_freq(const io::ModelConfig& c) {
   return inv;
 }
 
+namespace {
+// A norm with an output map (weights.h): statistics over the original width, then each slot
+// gathers its input channel, applies its own weight and bias, and is averaged into its output
+// channel, in one pass over the slots (RPTQ's reorder-LayerNorm, QLLM's reassembly).
+void apply_mapped_norm(const io::ModelConfig& c, const Norm& norm, const float* x, i64 rows,
+                       i64 cols, float* out) {
+  const NormOutputMap& map = norm.map;
+  const i64 slots = map.slots(), n_out = map.out_channels;
+  SQ_CHECK(norm.weight.numel() == slots && static_cast<i64>(map.merge.size()) == slots,
+           "norm map of {} slots with weight {}", slots, norm.weight.describe());
+  SQ_CHECK(!norm.bias.defined() || norm.bias.numel() == slots, "norm bias {} for {} slots",
+           norm.bias.describe(), slots);
+  std::vector<float> inv_count(static_cast<std::size_t>(n_out), 0.0f);
+  for (i64 k = 0; k < slots; ++k) {
+    SQ_CHECK(map.index[k] >= 0 && map.index[k] < cols && map.merge[k] >= 0 &&
+                 map.merge[k] < n_out,
+             "norm map slot {} out of range", k);
+    inv_count[map.merge[k]] += 1.0f;
+  }
+  for (auto& n : inv_count) n = n > 0.0f ? 1.0f / n : 0.0f;
+  const float* weight = norm.weight.data<float>();
+  const float* bias = norm.bias_or_null();
+  const float eps = static_cast<float>(c.norm_eps);
+  for (i64 r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* o = out + r * n_out;
+    // The same statistics as cpu::rms_norm / cpu::layer_norm, so an identity map matches them.
+    float m = 0.0f, inv = 1.0f;
+    switch (c.norm) {
+      case io::NormKind::rms: {
+        double ss = 0.0;
+        for (i64 j = 0; j < cols; ++j) ss += double(xr[j]) * xr[j];
+        inv = 1.0f / std::sqrt(static_cast<float>(ss / double(cols)) + eps);
+        break;
+      }
+      case io::NormKind::layer: {
+        double mean = 0.0;
+        for (i64 j = 0; j < cols; ++j) mean += xr[j];
+        mean /= double(cols);
+        double var = 0.0;
+        for (i64 j = 0; j < cols; ++j) var += (xr[j] - mean) * (xr[j] - mean);
+        var /= double(cols);
+        inv = 1.0f / std::sqrt(static_cast<float>(var) + eps);
+        m = static_cast<float>(mean);
+        break;
+      }
+    }
+    std::fill(o, o + n_out, 0.0f);
+    for (i64 k = 0; k < slots; ++k) {
+      const float b = bias != nullptr ? bias[k] : 0.0f;
+      o[map.merge[k]] += (xr[map.index[k]] - m) * inv * weight[k] + b;
+    }
+    for (i64 i = 0; i < n_out; ++i) o[i] *= inv_count[i];
+  }
+}
+}  // namespace
+
 void apply_norm(const io::ModelConfig& c, const Norm& norm, const float* x, i64 rows, i64 cols,
                 float* out) {
+  if (!norm.map.empty()) {
+    apply_mapped_norm(c, norm, x, rows, cols, out);
+    return;
+  }
   switch (c.norm) {
     case io::NormKind::rms:
       cpu::rms_norm(x, rows, cols, norm.weight.data<float>(), static_cast<float>(c.norm_eps), out);
@@ -123,21 +185,34 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
     if (ctx.hook != nullptr) ctx.hook->at(site, t.mutable_data<float>(), t.dim(0), t.dim(1));
   };
   const i64 T = batch.tokens(), H = c.hidden_size, D = c.head_dim;
-  const i64 qd = c.q_dim(), kvd = c.kv_dim();
+  // Widths come from the weights: channel transforms (stages/channel_transform.h) may widen or
+  // narrow a norm's output (split, merge) and the MLP's inner width.
+  const i64 qd = w.q.out_features(), kvd = w.k.out_features();
+  const i64 ka = w.attn_norm.out_features(), km = w.mlp_norm.out_features();
   SQ_CHECK(hidden.numel() == T * H, "hidden {} vs {} tokens", hidden.describe(), T);
+  SQ_CHECK(qd == c.num_heads * D && kvd == c.num_kv_heads * D && w.v.out_features() == kvd,
+           "q/k/v widths {}/{}/{} do not fit {} heads, {} kv heads of {}", qd, kvd,
+           w.v.out_features(), c.num_heads, c.num_kv_heads, D);
+  SQ_CHECK(w.q.in_features() == ka && w.k.in_features() == ka && w.v.in_features() == ka,
+           "q/k/v read {} channels, the attention norm writes {}", w.q.in_features(), ka);
+  SQ_CHECK(w.o.in_features() == qd && w.o.out_features() == H, "o {} for q width {}",
+           w.o.weight.describe(), qd);
   float* h = hidden.mutable_data<float>();
 
   // --- attention sub-block ---
-  Tensor xn = Tensor::zeros(DType::f32, {T, H});
+  Tensor xn = Tensor::zeros(DType::f32, {T, ka});
   apply_norm(c, w.attn_norm, h, T, H, xn.mutable_data<float>());
   hook(Site::qkv_in, xn);
   Tensor q = Tensor::zeros(DType::f32, {T, qd});
   Tensor k = Tensor::zeros(DType::f32, {T, kvd});
   Tensor v = Tensor::zeros(DType::f32, {T, kvd});
   const float* x = xn.data<float>();
-  cpu::linear(x, T, H, w.q.weight.data<float>(), w.q.bias_or_null(), qd, q.mutable_data<float>());
-  cpu::linear(x, T, H, w.k.weight.data<float>(), w.k.bias_or_null(), kvd, k.mutable_data<float>());
-  cpu::linear(x, T, H, w.v.weight.data<float>(), w.v.bias_or_null(), kvd, v.mutable_data<float>());
+  cpu::linear(x, T, ka, w.q.weight.data<float>(), w.q.bias_or_null(), qd,
+              q.mutable_data<float>());
+  cpu::linear(x, T, ka, w.k.weight.data<float>(), w.k.bias_or_null(), kvd,
+              k.mutable_data<float>());
+  cpu::linear(x, T, ka, w.v.weight.data<float>(), w.v.bias_or_null(), kvd,
+              v.mutable_data<float>());
 
   if (c.positions == io::PositionKind::rope) {
     std::vector<i64> positions(static_cast<std::size_t>(batch.seq_len));
@@ -182,16 +257,23 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
   cpu::add(o.data<float>(), T * H, h);
 
   // --- MLP sub-block ---
+  if (km != ka) xn = Tensor::zeros(DType::f32, {T, km});
   apply_norm(c, w.mlp_norm, h, T, H, xn.mutable_data<float>());
   hook(Site::mlp_in, xn);
-  const i64 F = c.intermediate_size;
+  x = xn.data<float>();
+  const i64 F = w.up.out_features();
+  SQ_CHECK(w.up.in_features() == km && w.down.in_features() == F && w.down.out_features() == H,
+           "up {} / down {} for an MLP norm of width {}", w.up.weight.describe(),
+           w.down.weight.describe(), km);
   Tensor up = Tensor::zeros(DType::f32, {T, F});
-  cpu::linear(x, T, H, w.up.weight.data<float>(), w.up.bias_or_null(), F,
+  cpu::linear(x, T, km, w.up.weight.data<float>(), w.up.bias_or_null(), F,
               up.mutable_data<float>());
   switch (c.activation) {
     case io::Activation::silu: {
+      SQ_CHECK(w.gate.out_features() == F && w.gate.in_features() == km, "gate {} vs up {}",
+               w.gate.weight.describe(), w.up.weight.describe());
       Tensor gate = Tensor::zeros(DType::f32, {T, F});
-      cpu::linear(x, T, H, w.gate.weight.data<float>(), w.gate.bias_or_null(), F,
+      cpu::linear(x, T, km, w.gate.weight.data<float>(), w.gate.bias_or_null(), F,
                   gate.mutable_data<float>());
       cpu::silu_mul(gate.data<float>(), up.data<float>(), T * F, up.mutable_data<float>());
       break;
@@ -207,6 +289,7 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
 
 Tensor head_logits(const io::ModelConfig& c, const HeadWeights& w, const float* hidden, i64 rows) {
   const i64 H = c.hidden_size, P = c.word_embed_proj_dim;
+  SQ_CHECK(w.final_norm.map.empty(), "the final norm cannot carry an output map");
   Tensor xn = Tensor::zeros(DType::f32, {rows, H});
   apply_norm(c, w.final_norm, hidden, rows, H, xn.mutable_data<float>());
   Tensor features = xn;

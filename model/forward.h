@@ -76,7 +76,8 @@ void block_forward(const io::ModelConfig& config, const BlockWeights& weights, c
 Tensor head_logits(const io::ModelConfig& config, const HeadWeights& weights, const float* hidden,
                    std::int64_t rows);
 
-// Applies a norm (RMSNorm or LayerNorm by config) to rows of width `cols`.
+// Applies a norm (RMSNorm or LayerNorm by config) to rows of width `cols`; `out` has rows of
+// norm.out_features() (cols, unless the norm carries an output map).
 void apply_norm(const io::ModelConfig& config, const Norm& norm, const float* x, std::int64_t rows,
                 std::int64_t cols, float* out);
 

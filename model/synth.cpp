@@ -124,6 +124,16 @@ class TensorFactory {
         const bool writes_residual = t.linear == LinearRole::o || t.linear == LinearRole::down;
         const double damp = writes_residual ? std::sqrt(2.0 * double(config_.num_layers)) : 1.0;
         fill_normal(0.0, 1.0 / std::sqrt(fan_in) / damp);
+        // The consumers of a norm read its outlier channels through columns as much smaller as
+        // the activations there are larger, as trained LLMs do: the function stays well
+        // conditioned (attention is not driven to one-hot by two channels) while the
+        // activations entering q/k/v and gate/up still carry the huge values that make
+        // activation quantization hard.
+        if (reads_norm(t.linear)) {
+          const i64 cols = t.shape[1];
+          for (i64 r = 0; r < t.shape[0]; ++r)
+            for (i64 ch : outliers_) v[r * cols + ch] /= static_cast<float>(spec_.outlier_scale);
+        }
         break;
       }
       case TensorKind::linear_bias: fill_normal(0.0, 0.02); break;
@@ -156,6 +166,10 @@ class TensorFactory {
   }
 
  private:
+  static bool reads_norm(LinearRole role) {
+    return role == LinearRole::q || role == LinearRole::k || role == LinearRole::v ||
+           role == LinearRole::gate || role == LinearRole::up;
+  }
   static TensorSpec weight_of(const TensorSpec& bias) {
     TensorSpec w = bias;
     w.kind = TensorKind::norm_weight;

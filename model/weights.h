@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,10 +32,26 @@ struct Linear {
   const float* bias_or_null() const { return bias.defined() ? bias.data<float>() : nullptr; }
 };
 
+// A runtime gather/merge on a norm's output, for channel transforms that cannot fold into the
+// norm's weights (RPTQ's permutation, QLLM's split and merge: output channel j of a plain norm is
+// always weight_j * xhat_j). Maps only arise inside the pipeline; checkpoints never carry one.
+// Slot k reads normalised input channel index[k], applies the slot's weight and bias, and output
+// channel i is the mean of the slots with merge[k] == i.
+struct NormOutputMap {
+  std::vector<std::int64_t> index;  // per slot: input channel read (repeats allowed)
+  std::vector<std::int64_t> merge;  // per slot: output channel it is averaged into
+  std::int64_t out_channels = 0;
+  bool empty() const { return index.empty(); }
+  std::int64_t slots() const { return static_cast<std::int64_t>(index.size()); }
+};
+
 struct Norm {
-  Tensor weight;  // f32 [hidden]
-  Tensor bias;    // f32 [hidden] (LayerNorm), or undefined
+  Tensor weight;  // f32 [hidden], or [map.slots()] with a map
+  Tensor bias;    // f32, same size as weight (LayerNorm), or undefined
+  NormOutputMap map;  // empty: output channel j = weight_j * xhat_j + bias_j
   const float* bias_or_null() const { return bias.defined() ? bias.data<float>() : nullptr; }
+  // Width of the norm's output (what its consumers read).
+  std::int64_t out_features() const { return map.empty() ? weight.dim(0) : map.out_channels; }
 };
 
 struct BlockWeights {

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
                        : level == "error" ? Level::error
                                           : Level::info);
   });
+  sq::cli::add_run_command(app);
   sq::cli::add_synth_command(app);
   sq::cli::add_eval_command(app);
   sq::cli::add_inspect_command(app);

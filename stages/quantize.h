@@ -1,0 +1,35 @@
+// Weight quantization (round to nearest with min-max or MSE-searched clipping, per channel,
+// tensor or group) and the activation quantization the quantized forward applies.
+#pragma once
+
+#include <array>
+
+#include "stages/calibrate.h"
+#include "stages/quantized_block.h"
+#include "stages/scheme.h"
+
+namespace sq::stages {
+
+// Quantizes every linear of `block.weights` in place (weights become their dequantized values)
+// and records the integer weights and scales in block.linears.
+void quantize_block_weights(QuantizedBlock& block, const QuantScheme& scheme);
+
+// Static per-tensor activation parameters from calibration statistics, for each linear's input
+// (q, k and v share one input, as do gate and up). No-op for dynamic activations.
+void set_static_activation_params(QuantizedBlock& block, const BlockStats& stats,
+                                  const QuantScheme& scheme);
+
+// Fake-quantizes activations at matmul inputs as the scheme says: per-token dynamic, or
+// per-tensor with the block's static input scales; attention inputs per token when enabled.
+class QuantizeActivations : public model::ActivationHook {
+ public:
+  QuantizeActivations(const QuantizedBlock& block, const QuantScheme& scheme)
+      : block_(block), scheme_(scheme) {}
+  void at(model::Site site, float* x, std::int64_t rows, std::int64_t cols) override;
+
+ private:
+  const QuantizedBlock& block_;
+  const QuantScheme& scheme_;
+};
+
+}  // namespace sq::stages
