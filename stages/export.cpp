@@ -26,11 +26,11 @@ namespace sq::stages {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using model::LinearRole;
 using model::NormRole;
 using model::TensorKind;
 using model::TensorSpec;
+using nlohmann::json;
 using Strategy = ExportScheme::WeightStrategy;
 using ActStrategy = ExportScheme::ActivationStrategy;
 
@@ -74,10 +74,14 @@ std::string module_of(const std::string& weight_name) {
 bool representable(float value, DType dtype) {
   if (!(value > 0.0f) || !std::isfinite(value)) return false;
   switch (dtype) {
-    case DType::f32: return true;
-    case DType::f16: return f16_to_f32(f32_to_f16(value)) == value;
-    case DType::bf16: return bf16_to_f32(f32_to_bf16(value)) == value;
-    default: return false;
+    case DType::f32:
+      return true;
+    case DType::f16:
+      return f16_to_f32(f32_to_f16(value)) == value;
+    case DType::bf16:
+      return bf16_to_f32(f32_to_bf16(value)) == value;
+    default:
+      return false;
   }
 }
 
@@ -97,22 +101,23 @@ std::vector<std::string> ignored_modules(const io::ModelConfig& config,
 json quantization_args(int bits, bool symmetric, std::string_view strategy, bool dynamic) {
   // Exactly the QuantizationArgs fields compressed-tensors' pydantic model declares (it forbids
   // any other); group_size is written as null, which the model reads as "no groups".
-  return json{{"num_bits", bits},          {"type", "int"},      {"symmetric", symmetric},
-              {"strategy", std::string(strategy)}, {"group_size", nullptr}, {"dynamic", dynamic}};
+  return json{{"num_bits", bits},       {"type", "int"},
+              {"symmetric", symmetric}, {"strategy", std::string(strategy)},
+              {"group_size", nullptr},  {"dynamic", dynamic}};
 }
 
 json quantization_config(const ExportScheme& scheme, const std::vector<std::string>& ignore) {
   const std::string format = export_format(scheme);
   json group = json::object();
   group["targets"] = json::array({"Linear"});
-  group["weights"] = quantization_args(
-      scheme.weight_bits, scheme.weight_symmetric,
-      scheme.weight_strategy == Strategy::channel ? "channel" : "tensor", false);
+  group["weights"] =
+      quantization_args(scheme.weight_bits, scheme.weight_symmetric,
+                        scheme.weight_strategy == Strategy::channel ? "channel" : "tensor", false);
   if (scheme.quantize_activations) {
-    group["input_activations"] = quantization_args(
-        scheme.activation_bits, scheme.activation_symmetric,
-        scheme.activation_strategy == ActStrategy::token ? "token" : "tensor",
-        scheme.activation_dynamic);
+    group["input_activations"] =
+        quantization_args(scheme.activation_bits, scheme.activation_symmetric,
+                          scheme.activation_strategy == ActStrategy::token ? "token" : "tensor",
+                          scheme.activation_dynamic);
   } else {
     group["input_activations"] = nullptr;
   }
@@ -134,20 +139,8 @@ json quantization_config(const ExportScheme& scheme, const std::vector<std::stri
 // ---------------------------------------------------------------------------------------------
 // Checks on what the pipeline hands over, all done before the first byte is written.
 
-const char* role_module(LinearRole role) {
-  switch (role) {
-    case LinearRole::q: return "q";
-    case LinearRole::k: return "k";
-    case LinearRole::v: return "v";
-    case LinearRole::o: return "o";
-    case LinearRole::gate: return "gate";
-    case LinearRole::up: return "up";
-    case LinearRole::down: return "down";
-  }
-  return "?";
-}
-
-void check_vector(const Tensor& t, std::int64_t n, const std::string& what, const ErrorContext& at) {
+void check_vector(const Tensor& t, std::int64_t n, const std::string& what,
+                  const ErrorContext& at) {
   if (!t.defined()) fail(at, "{} is missing", what);
   if (t.dtype() != DType::f32) fail(at, "{} must be f32, got {}", what, t.describe());
   if (t.numel() != n) fail(at, "{} must have {} elements, got {}", what, n, t.describe());
@@ -215,8 +208,7 @@ void check_linear(const model::Linear& linear, const QuantizedLinear& q, const S
 }
 
 void check_norm(const model::Norm& norm, const io::ModelConfig& config, const ErrorContext& at) {
-  if (!norm.map.empty())
-    fail(at, "carries a channel map (reorder/split); {}", kNoNativeFormat);
+  if (!norm.map.empty()) fail(at, "carries a channel map (reorder/split); {}", kNoNativeFormat);
   check_vector(norm.weight, config.hidden_size, "weight", at);
   if (config.norm_bias) {
     check_vector(norm.bias, config.hidden_size, "bias", at);
@@ -263,7 +255,7 @@ void check_blocks(const model::Model& source, const std::vector<QuantizedBlock>&
             fail(ErrorContext{.tensor = names.linear(layer, role, false)},
                  "input_scale {} differs from {}_proj's {}: vLLM fuses these layers and would "
                  "run them all with the largest scale",
-                 s, role_module(group[0]), first);
+                 s, model::role_name(group[0]), first);
         }
       }
     }
@@ -276,9 +268,9 @@ void check_blocks(const model::Model& source, const std::vector<QuantizedBlock>&
 // Files of a model directory that are weights or config (never copied through), by name.
 bool is_weights_or_config(const std::string& name) {
   if (name == "config.json") return true;
-  for (std::string_view suffix : {".safetensors", ".safetensors.index.json", ".bin",
-                                  ".bin.index.json", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
-                                  ".gguf", ".onnx"})
+  for (std::string_view suffix :
+       {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth",
+        ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"})
     if (name.ends_with(suffix)) return true;
   return false;
 }
@@ -353,11 +345,14 @@ void check_exportable(const ExportScheme& s) {
     fail(at, "asymmetric weights: vLLM's int8 kernels take symmetric weights only; {}",
          kNoNativeFormat);
   if (s.weight_strategy == Strategy::group)
-    fail(at, "group-wise weights (group size {}): vLLM's int8 kernels take per-channel or "
-         "per-tensor weight scales; {}", s.group_size, kNoNativeFormat);
+    fail(at,
+         "group-wise weights (group size {}): vLLM's int8 kernels take per-channel or "
+         "per-tensor weight scales; {}",
+         s.group_size, kNoNativeFormat);
   if (!s.quantize_activations) {
     if (s.weight_strategy != Strategy::channel)
-      fail(at, "per-tensor weights without activation quantization: vLLM runs int8 weight-only "
+      fail(at,
+           "per-tensor weights without activation quantization: vLLM runs int8 weight-only "
            "models per channel or group only (pack-quantized); quantize the weights per channel");
     return;
   }
@@ -368,10 +363,12 @@ void check_exportable(const ExportScheme& s) {
     fail(at, "asymmetric activations: only symmetric 8-bit activations are exported; {}",
          kNoNativeFormat);
   if (s.activation_strategy == ActStrategy::token && !s.activation_dynamic)
-    fail(at, "static per-token activations: per-token scales exist only at run time "
+    fail(at,
+         "static per-token activations: per-token scales exist only at run time "
          "(compressed-tensors requires dynamic=true for the token strategy)");
   if (s.activation_strategy == ActStrategy::tensor && s.activation_dynamic)
-    fail(at, "dynamic per-tensor activations: vLLM has no int8 kernel for them (only dynamic "
+    fail(at,
+         "dynamic per-tensor activations: vLLM has no int8 kernel for them (only dynamic "
          "per-token or static per-tensor); use granularity token, or tensor with dynamic false");
 }
 
@@ -398,9 +395,11 @@ void export_compressed_tensors(const model::Model& source,
   std::error_code ec;
   bool created = false;
   if (fs::exists(dir, ec)) {
-    if (!fs::is_directory(dir, ec)) fail(ErrorContext{.file = out_dir}, "exists and is not a directory");
+    if (!fs::is_directory(dir, ec))
+      fail(ErrorContext{.file = out_dir}, "exists and is not a directory");
     if (!fs::is_empty(dir, ec))
-      fail(ErrorContext{.file = out_dir}, "the export directory exists and is not empty; "
+      fail(ErrorContext{.file = out_dir},
+           "the export directory exists and is not empty; "
            "refusing to mix two checkpoints");
   } else {
     fs::create_directories(dir, ec);
@@ -553,8 +552,8 @@ ParsedArgs parse_args(const json& value, const std::string& file, const std::str
     // compressed-tensors infers the strategy from group_size: none -> tensor, -1 -> channel.
     a.strategy = group_size == nullptr || group_size->is_null() ? "tensor" : "";
     if (group_size != nullptr && *group_size == -1) a.strategy = "channel";
-    if (a.strategy.empty()) fail(k.at("group_size"), "{}: group-wise scales are not read",
-                                 show(*group_size));
+    if (a.strategy.empty())
+      fail(k.at("group_size"), "{}: group-wise scales are not read", show(*group_size));
   }
   if (group_size != nullptr && !group_size->is_null() &&
       !(*group_size == -1 && a.strategy == "channel"))
@@ -626,8 +625,10 @@ ParsedQuantization parse_quantization_config(const json& value, const std::strin
     if (!entry.is_string()) fail(k.at("ignore"), "entries must be strings, got {}", show(entry));
     const std::string name = entry.get<std::string>();
     if (!expected_ignore.count(name))
-      fail(k.at("ignore"), "entry \"{}\" is not understood: only the Linear modules outside the "
-           "decoder blocks ({}) may stay unquantized", name, fmt::join(expected_ignore, ", "));
+      fail(k.at("ignore"),
+           "entry \"{}\" is not understood: only the Linear modules outside the "
+           "decoder blocks ({}) may stay unquantized",
+           name, fmt::join(expected_ignore, ", "));
     got_ignore.insert(name);
   }
   for (const auto& name : expected_ignore)
@@ -693,7 +694,8 @@ ParsedQuantization parse_quantization_config(const json& value, const std::strin
 
 LoadedExport load_compressed_tensors(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  json hf = io::parse_json_strict(io::read_text_file(config_path), ErrorContext{.file = config_path});
+  json hf =
+      io::parse_json_strict(io::read_text_file(config_path), ErrorContext{.file = config_path});
   if (!hf.is_object()) fail(ErrorContext{.file = config_path}, "must be a JSON object");
   auto qit = hf.find("quantization_config");
   if (qit == hf.end())
@@ -708,8 +710,8 @@ LoadedExport load_compressed_tensors(const std::string& dir) {
   const io::ModelConfig& config = out.config;
   const io::Checkpoint checkpoint = io::Checkpoint::open(dir);
   const auto names = model::TensorNames::detect(config, checkpoint);
-  const ParsedQuantization parsed = parse_quantization_config(quantization, config_path, config,
-                                                              names);
+  const ParsedQuantization parsed =
+      parse_quantization_config(quantization, config_path, config, names);
   out.scheme = parsed.scheme;
   const ExportScheme& scheme = out.scheme;
   const bool packed = parsed.format == kPackQuantized;
@@ -752,13 +754,27 @@ LoadedExport load_compressed_tensors(const std::string& dir) {
   out.blocks.resize(static_cast<std::size_t>(config.num_layers));
   for (const TensorSpec& spec : model::model_tensors(config, names)) {
     switch (spec.kind) {
-      case TensorKind::embed_tokens: out.embedding.tokens = f32(spec); break;
-      case TensorKind::embed_positions: out.embedding.positions = f32(spec); break;
-      case TensorKind::project_in: out.embedding.project_in.weight = f32(spec); break;
-      case TensorKind::project_out: out.head.project_out.weight = f32(spec); break;
-      case TensorKind::final_norm_weight: out.head.final_norm.weight = f32(spec); break;
-      case TensorKind::final_norm_bias: out.head.final_norm.bias = f32(spec); break;
-      case TensorKind::lm_head: out.head.lm_head = f32(spec); break;
+      case TensorKind::embed_tokens:
+        out.embedding.tokens = f32(spec);
+        break;
+      case TensorKind::embed_positions:
+        out.embedding.positions = f32(spec);
+        break;
+      case TensorKind::project_in:
+        out.embedding.project_in.weight = f32(spec);
+        break;
+      case TensorKind::project_out:
+        out.head.project_out.weight = f32(spec);
+        break;
+      case TensorKind::final_norm_weight:
+        out.head.final_norm.weight = f32(spec);
+        break;
+      case TensorKind::final_norm_bias:
+        out.head.final_norm.bias = f32(spec);
+        break;
+      case TensorKind::lm_head:
+        out.head.lm_head = f32(spec);
+        break;
       case TensorKind::norm_weight:
         out.blocks[static_cast<std::size_t>(spec.layer)].weights.norm(spec.norm).weight = f32(spec);
         break;
@@ -775,8 +791,8 @@ LoadedExport load_compressed_tensors(const std::string& dir) {
         const std::string module = module_of(spec.name);
         const std::int64_t rows = spec.shape[0], cols = spec.shape[1];
         if (packed) {
-          const Tensor words = stored(module + ".weight_packed",
-                                      {rows, cpu::packed_words(cols, 8)}, DType::i32);
+          const Tensor words =
+              stored(module + ".weight_packed", {rows, cpu::packed_words(cols, 8)}, DType::i32);
           const Tensor shape = stored(module + ".weight_shape", {2}, DType::i64);
           const auto dims = shape.values<std::int64_t>();
           if (dims[0] != rows || dims[1] != cols)

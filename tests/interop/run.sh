@@ -13,9 +13,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 script=$1
 shift
 if ! python=$(bash "$root/scripts/python-env.sh"); then
+  if [[ "${SQ_INTEROP_REQUIRED:-0}" == 1 ]]; then
+    echo "interop: FAILED $(basename "$script"): the Python environment could not be set up" \
+         "(see the messages above) and SQ_INTEROP_REQUIRED=1" >&2
+    exit 1
+  fi
   echo "interop: SKIPPED $(basename "$script"): the Python environment could not be set up" \
        "(see the messages above)" >&2
-  [[ "${SQ_INTEROP_REQUIRED:-0}" == 1 ]] && exit 1
   exit 77
 fi
 exec "$python" "$script" "$@"

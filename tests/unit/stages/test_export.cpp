@@ -25,9 +25,9 @@
 namespace sq::stages {
 namespace {
 namespace fs = std::filesystem;
-using nlohmann::json;
 using model::LinearRole;
 using model::NormRole;
+using nlohmann::json;
 using Strategy = ExportScheme::WeightStrategy;
 using ActStrategy = ExportScheme::ActivationStrategy;
 
@@ -79,9 +79,12 @@ std::string synth_model(const std::string& name, io::Arch arch, DType dtype) {
 
 float round_to(float x, DType dtype) {
   switch (dtype) {
-    case DType::bf16: return bf16_to_f32(f32_to_bf16(x));
-    case DType::f16: return f16_to_f32(f32_to_f16(x));
-    default: return x;
+    case DType::bf16:
+      return bf16_to_f32(f32_to_bf16(x));
+    case DType::f16:
+      return f16_to_f32(f32_to_f16(x));
+    default:
+      return x;
   }
 }
 
@@ -99,7 +102,8 @@ QuantizedLinear rtn(model::Linear& linear, Strategy strategy, DType dtype) {
   QuantizedLinear q;
   q.weight_scale = Tensor::zeros(DType::f32, {n});
   float* s = q.weight_scale.mutable_data<float>();
-  for (std::int64_t i = 0; i < n; ++i) s[i] = round_to(absmax[static_cast<std::size_t>(i)] / 127.0f, dtype);
+  for (std::int64_t i = 0; i < n; ++i)
+    s[i] = round_to(absmax[static_cast<std::size_t>(i)] / 127.0f, dtype);
   q.weight_q = Tensor::zeros(DType::i8, {rows, cols});
   Tensor deq = Tensor::zeros(DType::f32, {rows, cols});
   auto* qv = q.weight_q.mutable_data<std::int8_t>();
@@ -277,23 +281,22 @@ TEST(Export, WritesTheConfigAndTensorLayoutCompressedTensorsExpects) {
   const json config = json::parse(io::read_text_file(out + "/config.json"));
   EXPECT_EQ(config.at("torch_dtype"), "bfloat16");
   EXPECT_EQ(config.at("hidden_size"), 64);
-  const json args_w = {{"num_bits", 8},          {"type", "int"},        {"symmetric", true},
-                       {"strategy", "channel"},  {"group_size", nullptr}, {"dynamic", false}};
-  const json args_a = {{"num_bits", 8},         {"type", "int"},        {"symmetric", true},
-                       {"strategy", "token"},   {"group_size", nullptr}, {"dynamic", true}};
-  const json want = {
-      {"quant_method", "compressed-tensors"},
-      {"format", "int-quantized"},
-      {"quantization_status", "compressed"},
-      {"ignore", {"lm_head"}},
-      {"kv_cache_scheme", nullptr},
-      {"global_compression_ratio", nullptr},
-      {"config_groups",
-       {{"group_0",
-         {{"targets", {"Linear"}},
-          {"weights", args_w},
-          {"input_activations", args_a},
-          {"format", "int-quantized"}}}}}};
+  const json args_w = {{"num_bits", 8},         {"type", "int"},         {"symmetric", true},
+                       {"strategy", "channel"}, {"group_size", nullptr}, {"dynamic", false}};
+  const json args_a = {{"num_bits", 8},       {"type", "int"},         {"symmetric", true},
+                       {"strategy", "token"}, {"group_size", nullptr}, {"dynamic", true}};
+  const json want = {{"quant_method", "compressed-tensors"},
+                     {"format", "int-quantized"},
+                     {"quantization_status", "compressed"},
+                     {"ignore", {"lm_head"}},
+                     {"kv_cache_scheme", nullptr},
+                     {"global_compression_ratio", nullptr},
+                     {"config_groups",
+                      {{"group_0",
+                        {{"targets", {"Linear"}},
+                         {"weights", args_w},
+                         {"input_activations", args_a},
+                         {"format", "int-quantized"}}}}}};
   EXPECT_EQ(config.at("quantization_config"), want) << config.at("quantization_config").dump(2);
 
   // One shard (default size): names, dtypes and shapes as transformers' loader wants them.
@@ -337,23 +340,36 @@ TEST(Export, CheckExportableRefusesWhatVllmCannotRun) {
     std::string message;
   };
   const std::vector<Case> cases = {
-      {"W4A16", [](ExportScheme& s) { s.weight_bits = 4; s.quantize_activations = false; },
+      {"W4A16",
+       [](ExportScheme& s) {
+         s.weight_bits = 4;
+         s.quantize_activations = false;
+       },
        "weights.bits = 4"},
-      {"W6A6", [](ExportScheme& s) { s.weight_bits = 6; s.activation_bits = 6; },
+      {"W6A6",
+       [](ExportScheme& s) {
+         s.weight_bits = 6;
+         s.activation_bits = 6;
+       },
        "the native format arrives with RPTQ/QLLM"},
       {"W8A4", [](ExportScheme& s) { s.activation_bits = 4; }, "activations.bits = 4"},
-      {"asym weights", [](ExportScheme& s) { s.weight_symmetric = false; },
-       "asymmetric weights"},
+      {"asym weights", [](ExportScheme& s) { s.weight_symmetric = false; }, "asymmetric weights"},
       {"asym activations", [](ExportScheme& s) { s.activation_symmetric = false; },
        "asymmetric activations"},
-      {"group", [](ExportScheme& s) { s.weight_strategy = Strategy::group; s.group_size = 128; },
+      {"group",
+       [](ExportScheme& s) {
+         s.weight_strategy = Strategy::group;
+         s.group_size = 128;
+       },
        "group-wise weights"},
-      {"static token", [](ExportScheme& s) { s.activation_dynamic = false; },
-       "static per-token"},
+      {"static token", [](ExportScheme& s) { s.activation_dynamic = false; }, "static per-token"},
       {"dynamic tensor", [](ExportScheme& s) { s.activation_strategy = ActStrategy::tensor; },
        "dynamic per-tensor"},
       {"tensor W8A16",
-       [](ExportScheme& s) { s.quantize_activations = false; s.weight_strategy = Strategy::tensor; },
+       [](ExportScheme& s) {
+         s.quantize_activations = false;
+         s.weight_strategy = Strategy::tensor;
+       },
        "per-tensor weights without activation quantization"},
       {"i8 dtype", [](ExportScheme& s) { s.dtype = DType::i8; }, "dtype i8"},
   };
@@ -500,26 +516,30 @@ TEST(Load, RefusesQuantizationConfigsItDoesNotUnderstand) {
   ASSERT_NO_THROW(load_compressed_tensors(out));
 
   const std::string g = "quantization_config.config_groups.group_0";
-  expect_load_refused(out, [](json& q) { q["config_groups"]["group_0"]["weights"]["foo"] = 1; },
-                      g + ".weights.foo", "unknown key");
-  expect_load_refused(out, [](json& q) { q["bar"] = true; }, "quantization_config.bar",
-                      "unknown key");
-  expect_load_refused(out, [](json& q) { q["format"] = "float-quantized"; },
-                      "quantization_config.format");
-  expect_load_refused(out, [](json& q) { q["quantization_status"] = "frozen"; },
-                      "quantization_config.quantization_status");
+  expect_load_refused(
+      out, [](json& q) { q["config_groups"]["group_0"]["weights"]["foo"] = 1; }, g + ".weights.foo",
+      "unknown key");
+  expect_load_refused(
+      out, [](json& q) { q["bar"] = true; }, "quantization_config.bar", "unknown key");
+  expect_load_refused(
+      out, [](json& q) { q["format"] = "float-quantized"; }, "quantization_config.format");
+  expect_load_refused(
+      out, [](json& q) { q["quantization_status"] = "frozen"; },
+      "quantization_config.quantization_status");
   expect_load_refused(
       out, [](json& q) { q["config_groups"]["group_0"]["weights"]["num_bits"] = 4; }, g,
       "weights.bits = 4");
   expect_load_refused(
       out, [](json& q) { q["config_groups"]["group_0"]["input_activations"]["type"] = "float"; },
       g + ".input_activations.type");
-  expect_load_refused(out, [](json& q) { q["ignore"] = json::array(); }, "quantization_config.ignore",
-                      "lm_head");
-  expect_load_refused(out, [](json& q) { q["ignore"].push_back("model.layers.0.mlp.up_proj"); },
-                      "quantization_config.ignore", "not understood");
-  expect_load_refused(out, [](json& q) { q["kv_cache_scheme"] = json::object(); },
-                      "quantization_config.kv_cache_scheme");
+  expect_load_refused(
+      out, [](json& q) { q["ignore"] = json::array(); }, "quantization_config.ignore", "lm_head");
+  expect_load_refused(
+      out, [](json& q) { q["ignore"].push_back("model.layers.0.mlp.up_proj"); },
+      "quantization_config.ignore", "not understood");
+  expect_load_refused(
+      out, [](json& q) { q["kv_cache_scheme"] = json::object(); },
+      "quantization_config.kv_cache_scheme");
   expect_load_refused(
       out, [](json& q) { q["config_groups"]["group_0"]["targets"] = {"re:.*proj"}; },
       g + ".targets");
