@@ -141,24 +141,30 @@ class Progress {
 
 RunSummary run_recipe(const io::Recipe& recipe) {
   const auto start = Clock::now();
-  // Refuse before any work: nothing already written may be lost or mixed.
+  // Everything that can be refused is refused before the run directory is created: nothing
+  // already written may be lost or mixed, and a bad recipe leaves no trace.
   std::error_code ec;
   if (fs::exists(recipe.output_dir) && !fs::is_empty(recipe.output_dir, ec))
     fail(ErrorContext{.file = recipe.output_dir},
          "run directory exists and is not empty; choose a new output");
-  fs::create_directories(recipe.output_dir, ec);
-  if (ec) fail(ErrorContext{.file = recipe.output_dir}, "cannot create: {}", ec.message());
   if (recipe.threads > 0) cpu::set_blas_threads(recipe.threads);
-
   const model::Model model = model::Model::open(recipe.model_dir);
   const auto& c = model.config();
   const DType dtype = recipe.export_.dtype.value_or(c.torch_dtype);
   const stages::QuantScheme scheme = stages::scheme_from_recipe(recipe.scheme, dtype);
   const bool exporting = recipe.export_.format == io::ExportFormat::compressed_tensors;
-  if (exporting) stages::check_exportable(export_scheme(recipe.scheme, dtype));
-
+  if (exporting) {
+    try {
+      stages::check_exportable(export_scheme(recipe.scheme, dtype));
+    } catch (const Error& e) {
+      throw e.with_file(recipe.file);
+    }
+  }
   const Tokens calib = load_tokens(recipe.data.calibration, recipe.data.seq_len,
                                    recipe.data.calibration_sequences, c);
+  if (recipe.data.evaluation) load_tokens(*recipe.data.evaluation, recipe.data.seq_len, {}, c);
+  fs::create_directories(recipe.output_dir, ec);
+  if (ec) fail(ErrorContext{.file = recipe.output_dir}, "cannot create: {}", ec.message());
   const i64 mb = recipe.data.micro_batch;
   log::info("run {}: {} ({} blocks) with {} x {} calibration tokens, micro-batches of {}",
             recipe.file, recipe.model_dir, c.num_layers, calib.n_seq, calib.seq_len, mb);
