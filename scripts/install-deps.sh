@@ -10,7 +10,7 @@ packages=(
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libopenblas-dev
-  python3
+  python3 python3-venv
 )
 
 now_ns() { date +%s%N; }
