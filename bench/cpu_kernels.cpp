@@ -21,11 +21,13 @@ void BM_Linear(benchmark::State& state) {
   auto x = random_vector(std::size_t(m) * k, 1), w = random_vector(std::size_t(n) * k, 2);
   std::vector<float> y(std::size_t(m) * n);
   for (auto _ : state) sq::cpu::linear(x.data(), m, k, w.data(), nullptr, n, y.data());
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate,
-                         benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
-BENCHMARK(BM_Linear)->Args({512, 4096, 4096})->Args({512, 11008, 4096})->Args({1, 4096, 4096})
+BENCHMARK(BM_Linear)
+    ->Args({512, 4096, 4096})
+    ->Args({512, 11008, 4096})
+    ->Args({1, 4096, 4096})
     ->Unit(benchmark::kMillisecond);
 
 void BM_Attention(benchmark::State& state) {
@@ -33,10 +35,17 @@ void BM_Attention(benchmark::State& state) {
   auto q = random_vector(std::size_t(t) * heads * d, 3), k = random_vector(q.size(), 4),
        v = random_vector(q.size(), 5);
   std::vector<float> out(q.size()), scratch(std::size_t(t) * t);
-  sq::cpu::AttentionShape s{.tq = t, .tk = t, .q_heads = heads, .kv_heads = heads, .head_dim = d,
-                            .q_stride = heads * d, .kv_stride = heads * d,
-                            .out_stride = heads * d, .scale = 0.088f};
-  for (auto _ : state) sq::cpu::attention(s, q.data(), k.data(), v.data(), out.data(), scratch.data());
+  sq::cpu::AttentionShape s{.tq = t,
+                            .tk = t,
+                            .q_heads = heads,
+                            .kv_heads = heads,
+                            .head_dim = d,
+                            .q_stride = heads * d,
+                            .kv_stride = heads * d,
+                            .out_stride = heads * d,
+                            .scale = 0.088f};
+  for (auto _ : state)
+    sq::cpu::attention(s, q.data(), k.data(), v.data(), out.data(), scratch.data());
   state.counters["tokens/s"] = benchmark::Counter(t, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_Attention)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond);

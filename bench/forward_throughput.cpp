@@ -52,11 +52,16 @@ int main(int argc, char** argv) {
   int reps = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--dir") dir = argv[i + 1];
-    else if (a == "--seqs") seqs = std::stoll(argv[i + 1]);
-    else if (a == "--seq-len") seq_len = std::stoll(argv[i + 1]);
-    else if (a == "--layers") layers = std::stoll(argv[i + 1]);
-    else if (a == "--reps") reps = std::stoi(argv[i + 1]);
+    if (a == "--dir")
+      dir = argv[i + 1];
+    else if (a == "--seqs")
+      seqs = std::stoll(argv[i + 1]);
+    else if (a == "--seq-len")
+      seq_len = std::stoll(argv[i + 1]);
+    else if (a == "--layers")
+      layers = std::stoll(argv[i + 1]);
+    else if (a == "--reps")
+      reps = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
@@ -87,8 +92,10 @@ int main(int argc, char** argv) {
 
   // Useful FLOPs of one forward: the block linears, attention as computed (full T x T score and
   // value products per head; the causal half is masked after), and the lm_head.
-  const double T = double(seqs * seq_len), H = double(c.hidden_size), F = double(c.intermediate_size);
-  const double linear_flops = 2.0 * T * (H * c.q_dim() + 2 * H * c.kv_dim() + c.q_dim() * H + 3 * H * F);
+  const double T = double(seqs * seq_len), H = double(c.hidden_size),
+               F = double(c.intermediate_size);
+  const double linear_flops =
+      2.0 * T * (H * c.q_dim() + 2 * H * c.kv_dim() + c.q_dim() * H + 3 * H * F);
   const double attn_flops = 2.0 * 2.0 * double(seqs) * seq_len * seq_len * c.q_dim();
   const double head_flops = 2.0 * T * H * double(c.vocab_size);
   const double flops = double(layers) * (linear_flops + attn_flops) + head_flops;
@@ -105,14 +112,17 @@ int main(int argc, char** argv) {
   }
   // The machine's sgemm rate: the best of the forward's own linear shapes and a square one.
   const int m = int(std::min<std::int64_t>(seqs * seq_len, 2048));
-  const double peak = std::max({sgemm_gflops(m, 4096, 4096, reps), sgemm_gflops(m, 11008, 4096, reps),
-                                sgemm_gflops(2048, 2048, 2048, reps)});
+  const double peak =
+      std::max({sgemm_gflops(m, 4096, 4096, reps), sgemm_gflops(m, 11008, 4096, reps),
+                sgemm_gflops(2048, 2048, 2048, reps)});
   const double achieved = flops / best / 1e9;
-  std::printf("| shape | tokens | BLAS threads | forward s | tokens/s | GFLOP/s | sgemm GFLOP/s | "
-              "fraction | block load s |\n|---|---|---|---|---|---|---|---|---|\n");
-  std::printf("| LLaMA-7B block x%lld, vocab %lld | %lld x %lld | %d | %.3f | %.1f | %.1f | %.1f | "
-              "%.2f | %.3f |\n",
-              (long long)layers, (long long)c.vocab_size, (long long)seqs, (long long)seq_len,
-              sq::cpu::blas_threads(), best, T / best, achieved, peak, achieved / peak, load);
+  std::printf(
+      "| shape | tokens | BLAS threads | forward s | tokens/s | GFLOP/s | sgemm GFLOP/s | "
+      "fraction | block load s |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| LLaMA-7B block x%lld, vocab %lld | %lld x %lld | %d | %.3f | %.1f | %.1f | %.1f | "
+      "%.2f | %.3f |\n",
+      (long long)layers, (long long)c.vocab_size, (long long)seqs, (long long)seq_len,
+      sq::cpu::blas_threads(), best, T / best, achieved, peak, achieved / peak, load);
   return 0;
 }

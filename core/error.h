@@ -14,7 +14,7 @@ struct ErrorContext {
   std::string file{};
   std::string key{};     // a config key, JSON path or recipe key
   std::string tensor{};  // a tensor name inside a checkpoint
-  int rank = -1;       // the MPI rank that saw the error (-1: not known / single process)
+  int rank = -1;         // the MPI rank that saw the error (-1: not known / single process)
 };
 
 class Error : public std::runtime_error {
@@ -50,10 +50,10 @@ template <typename... Args>
 }  // namespace sq
 
 // Checks an invariant that callers must hold (a programming error, not bad input).
-#define SQ_CHECK(cond, ...)                                                                  \
-  do {                                                                                       \
-    if (!(cond)) {                                                                           \
-      ::sq::fail("internal check failed at {}:{}: {} ({})", __FILE__, __LINE__, #cond,        \
-                 ::fmt::format(__VA_ARGS__));                                                \
-    }                                                                                        \
+#define SQ_CHECK(cond, ...)                                                            \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
+      ::sq::fail("internal check failed at {}:{}: {} ({})", __FILE__, __LINE__, #cond, \
+                 ::fmt::format(__VA_ARGS__));                                          \
+    }                                                                                  \
   } while (0)

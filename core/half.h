@@ -56,8 +56,8 @@ inline std::uint16_t f32_to_f16(float f) {
                             : std::uint16_t(sign | 0x7E00u | ((x >> 13) & 0x3FFu));
   }
   if (x >= 0x477FF000u) return std::uint16_t(sign | 0x7C00u);  // >= 65520 rounds to Inf
-  if (x < 0x38800000u) {                                        // below 2^-14: subnormal or 0
-    if (x <= 0x33000000u) return sign;                          // <= 2^-25 rounds to 0 (tie->even)
+  if (x < 0x38800000u) {                                       // below 2^-14: subnormal or 0
+    if (x <= 0x33000000u) return sign;                         // <= 2^-25 rounds to 0 (tie->even)
     const std::uint32_t m = (x & 0x7FFFFFu) | 0x800000u;
     const std::uint32_t shift = 126u - (x >> 23);  // in [14, 24]
     std::uint32_t r = m >> shift;

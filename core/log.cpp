@@ -13,10 +13,14 @@ const auto g_start = std::chrono::steady_clock::now();
 
 const char* level_tag(Level l) {
   switch (l) {
-    case Level::debug: return "debug";
-    case Level::info: return "info ";
-    case Level::warn: return "WARN ";
-    case Level::error: return "ERROR";
+    case Level::debug:
+      return "debug";
+    case Level::info:
+      return "info ";
+    case Level::warn:
+      return "WARN ";
+    case Level::error:
+      return "ERROR";
   }
   return "?";
 }
@@ -32,10 +36,10 @@ double elapsed_seconds() {
 
 void write(Level l, std::string_view message) {
   const int rank = g_rank;
-  std::string line = rank >= 0 ? fmt::format("[{:9.3f}s] [r{}] {} {}\n", elapsed_seconds(), rank,
-                                             level_tag(l), message)
-                               : fmt::format("[{:9.3f}s] {} {}\n", elapsed_seconds(),
-                                             level_tag(l), message);
+  std::string line =
+      rank >= 0
+          ? fmt::format("[{:9.3f}s] [r{}] {} {}\n", elapsed_seconds(), rank, level_tag(l), message)
+          : fmt::format("[{:9.3f}s] {} {}\n", elapsed_seconds(), level_tag(l), message);
   // One write(2) per line keeps lines from different ranks whole in a shared Slurm log.
   const int fd = l >= Level::warn ? STDERR_FILENO : STDOUT_FILENO;
   std::fflush(stdout);

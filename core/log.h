@@ -20,16 +20,20 @@ void set_rank(int rank);
 double elapsed_seconds();
 void write(Level level, std::string_view message);
 
-template <typename... Args> void debug(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args>
+void debug(fmt::format_string<Args...> f, Args&&... args) {
   if (level() <= Level::debug) write(Level::debug, fmt::format(f, std::forward<Args>(args)...));
 }
-template <typename... Args> void info(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args>
+void info(fmt::format_string<Args...> f, Args&&... args) {
   if (level() <= Level::info) write(Level::info, fmt::format(f, std::forward<Args>(args)...));
 }
-template <typename... Args> void warn(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args>
+void warn(fmt::format_string<Args...> f, Args&&... args) {
   if (level() <= Level::warn) write(Level::warn, fmt::format(f, std::forward<Args>(args)...));
 }
-template <typename... Args> void error(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args>
+void error(fmt::format_string<Args...> f, Args&&... args) {
   write(Level::error, fmt::format(f, std::forward<Args>(args)...));
 }
 

@@ -37,11 +37,13 @@ Tensor Tensor::zeros(DType dtype, Shape shape) {
   t.numel_ = shape_numel(shape);
   t.shape_ = std::move(shape);
   if (static_cast<std::uint64_t>(t.numel_) > (std::uint64_t(1) << 62) / dtype_size(dtype))
-    fail("a {} tensor of shape {} is too large to allocate", dtype_name(dtype), shape_str(t.shape_));
+    fail("a {} tensor of shape {} is too large to allocate", dtype_name(dtype),
+         shape_str(t.shape_));
   const std::size_t bytes = std::max<std::size_t>(t.nbytes(), 1);
   const std::size_t rounded = (bytes + 63) / 64 * 64;  // aligned_alloc needs a multiple
   void* p = std::aligned_alloc(64, rounded);
-  if (p == nullptr) fail("out of memory allocating {} bytes for a {} tensor", rounded, t.describe());
+  if (p == nullptr)
+    fail("out of memory allocating {} bytes for a {} tensor", rounded, t.describe());
   std::memset(p, 0, rounded);
   t.owner_ = std::shared_ptr<void>(p, AlignedFree{});
   t.bytes_ = static_cast<std::byte*>(p);
@@ -90,33 +92,36 @@ const std::uint16_t* Tensor::half_bits() const {
 }
 
 void Tensor::check_dtype(DType expected) const {
-  if (dtype_ != expected)
-    fail("tensor {} accessed as {}", describe(), dtype_name(expected));
+  if (dtype_ != expected) fail("tensor {} accessed as {}", describe(), dtype_name(expected));
 }
 
 Tensor Tensor::reshape(Shape shape) const {
-  if (shape_numel(shape) != numel_)
-    fail("cannot reshape {} to {}", describe(), shape_str(shape));
+  if (shape_numel(shape) != numel_) fail("cannot reshape {} to {}", describe(), shape_str(shape));
   Tensor t = *this;
   t.shape_ = std::move(shape);
   return t;
 }
 
-std::string Tensor::describe() const {
-  return std::string(dtype_name(dtype_)) + shape_str(shape_);
-}
+std::string Tensor::describe() const { return std::string(dtype_name(dtype_)) + shape_str(shape_); }
 
 namespace {
 // Reads element i of any dtype as double (exact for every dtype we hold except large i64).
 double load_as_double(const std::byte* p, DType d, std::size_t i) {
   switch (d) {
-    case DType::f32: return reinterpret_cast<const float*>(p)[i];
-    case DType::f16: return f16_to_f32(reinterpret_cast<const std::uint16_t*>(p)[i]);
-    case DType::bf16: return bf16_to_f32(reinterpret_cast<const std::uint16_t*>(p)[i]);
-    case DType::i8: return reinterpret_cast<const std::int8_t*>(p)[i];
-    case DType::u8: return reinterpret_cast<const std::uint8_t*>(p)[i];
-    case DType::i32: return reinterpret_cast<const std::int32_t*>(p)[i];
-    case DType::i64: return static_cast<double>(reinterpret_cast<const std::int64_t*>(p)[i]);
+    case DType::f32:
+      return reinterpret_cast<const float*>(p)[i];
+    case DType::f16:
+      return f16_to_f32(reinterpret_cast<const std::uint16_t*>(p)[i]);
+    case DType::bf16:
+      return bf16_to_f32(reinterpret_cast<const std::uint16_t*>(p)[i]);
+    case DType::i8:
+      return reinterpret_cast<const std::int8_t*>(p)[i];
+    case DType::u8:
+      return reinterpret_cast<const std::uint8_t*>(p)[i];
+    case DType::i32:
+      return reinterpret_cast<const std::int32_t*>(p)[i];
+    case DType::i64:
+      return static_cast<double>(reinterpret_cast<const std::int64_t*>(p)[i]);
   }
   return 0;
 }
@@ -142,7 +147,8 @@ Tensor Tensor::to(DType dtype) const {
     return to_f32().to(dtype);  // f16 <-> bf16 through f32 (exact widening, then one rounding)
   } else if (dtype == DType::f32) {
     auto* o = reinterpret_cast<float*>(out.bytes_);
-    for (std::size_t i = 0; i < n; ++i) o[i] = static_cast<float>(load_as_double(bytes_, dtype_, i));
+    for (std::size_t i = 0; i < n; ++i)
+      o[i] = static_cast<float>(load_as_double(bytes_, dtype_, i));
   } else {
     fail("conversion {} -> {} is not supported", dtype_name(dtype_), dtype_name(dtype));
   }

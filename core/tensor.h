@@ -45,15 +45,18 @@ class Tensor {
   std::byte* mutable_bytes();
 
   // Typed access; the dtype must match T exactly.
-  template <typename T> const T* data() const {
+  template <typename T>
+  const T* data() const {
     check_dtype(dtype_of<T>::value);
     return reinterpret_cast<const T*>(bytes_);
   }
-  template <typename T> T* mutable_data() {
+  template <typename T>
+  T* mutable_data() {
     check_dtype(dtype_of<T>::value);
     return reinterpret_cast<T*>(mutable_bytes());
   }
-  template <typename T> std::span<const T> values() const {
+  template <typename T>
+  std::span<const T> values() const {
     return {data<T>(), static_cast<std::size_t>(numel_)};
   }
   // 16-bit float payloads (f16/bf16) have no C++ type: read them as raw uint16.

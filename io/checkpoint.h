@@ -26,11 +26,11 @@ class Checkpoint {
 
   const std::string& dir() const { return dir_; }
   bool contains(std::string_view name) const;
-  std::vector<std::string> names() const;            // sorted
+  std::vector<std::string> names() const;                   // sorted
   const std::string& file_of(std::string_view name) const;  // shard file name, relative to dir
   const SafetensorsEntry& entry(std::string_view name) const;
-  Tensor tensor(std::string_view name) const;        // zero-copy view into the mapped shard
-  std::vector<std::string> shard_files() const;      // relative names, sorted
+  Tensor tensor(std::string_view name) const;    // zero-copy view into the mapped shard
+  std::vector<std::string> shard_files() const;  // relative names, sorted
 
  private:
   const SafetensorsFile& shard(const std::string& file) const;

@@ -289,9 +289,12 @@ RopeConfig parse_rope(const Fields& f, const std::string& source) {
 
 std::string causal_lm_class(Arch arch) {
   switch (arch) {
-    case Arch::llama: return "LlamaForCausalLM";
-    case Arch::opt: return "OPTForCausalLM";
-    case Arch::bloom: return "BloomForCausalLM";
+    case Arch::llama:
+      return "LlamaForCausalLM";
+    case Arch::opt:
+      return "OPTForCausalLM";
+    case Arch::bloom:
+      return "BloomForCausalLM";
   }
   return "?";
 }
@@ -594,9 +597,12 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& sourc
   const Arch arch = detect_arch(f);
   refuse_already_quantized(f);
   switch (arch) {
-    case Arch::llama: return parse_llama(f, source);
-    case Arch::opt: return parse_opt(f);
-    case Arch::bloom: return parse_bloom(f);
+    case Arch::llama:
+      return parse_llama(f, source);
+    case Arch::opt:
+      return parse_opt(f);
+    case Arch::bloom:
+      return parse_bloom(f);
   }
   return {};
 }

@@ -3,9 +3,8 @@
 // the file, the field and the value; it is never silently ignored.
 #pragma once
 
-#include <nlohmann/json_fwd.hpp>
-
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 
 #include "core/dtype.h"
@@ -23,11 +22,11 @@ enum class RopeScaling { none, linear, llama3 };
 struct RopeConfig {
   double theta = 10000.0;
   RopeScaling scaling = RopeScaling::none;
-  double factor = 1.0;              // linear and llama3
-  double low_freq_factor = 1.0;     // llama3
-  double high_freq_factor = 4.0;    // llama3
+  double factor = 1.0;                                   // linear and llama3
+  double low_freq_factor = 1.0;                          // llama3
+  double high_freq_factor = 4.0;                         // llama3
   std::int64_t original_max_position_embeddings = 8192;  // llama3
-  double partial_rotary_factor = 1.0;  // only 1.0 is accepted today
+  double partial_rotary_factor = 1.0;                    // only 1.0 is accepted today
 };
 
 struct ModelConfig {
@@ -37,8 +36,8 @@ struct ModelConfig {
   std::int64_t intermediate_size = 0;  // OPT: ffn_dim
   std::int64_t num_layers = 0;
   std::int64_t num_heads = 0;
-  std::int64_t num_kv_heads = 0;       // = num_heads without GQA; OPT always = num_heads
-  std::int64_t head_dim = 0;           // LLaMA may set it explicitly; else hidden / heads
+  std::int64_t num_kv_heads = 0;  // = num_heads without GQA; OPT always = num_heads
+  std::int64_t head_dim = 0;      // LLaMA may set it explicitly; else hidden / heads
   std::int64_t vocab_size = 0;
   std::int64_t max_position_embeddings = 0;
   double norm_eps = 1e-6;

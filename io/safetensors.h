@@ -26,10 +26,10 @@ inline constexpr std::uint64_t kSafetensorsMaxHeader = 100'000'000;
 
 struct SafetensorsEntry {
   std::string name;
-  std::string dtype_name;     // as written in the file ("BF16", "F8_E4M3", ...)
-  std::optional<DType> dtype; // nullopt: a valid safetensors dtype ShardQuant does not compute in
+  std::string dtype_name;      // as written in the file ("BF16", "F8_E4M3", ...)
+  std::optional<DType> dtype;  // nullopt: a valid safetensors dtype ShardQuant does not compute in
   Shape shape;
-  std::uint64_t begin = 0;    // offsets relative to the data buffer
+  std::uint64_t begin = 0;  // offsets relative to the data buffer
   std::uint64_t end = 0;
 };
 

@@ -14,7 +14,9 @@ namespace sq::model {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 void check_lengths(const io::ModelConfig& c, std::int64_t seq_len) {
   if (seq_len < 2) fail("evaluation needs sequences of at least 2 tokens (got {})", seq_len);
@@ -51,7 +53,8 @@ HeadOutput run_head(const BlockSource& source, const Tensor& hidden,
   out.nll.resize(static_cast<std::size_t>(batch.n_seq * (L - 1)));
   if (keep_logits) out.logits = Tensor::zeros(DType::f32, {batch.n_seq, L, V});
   const HeadWeights head = source.load_head();
-  for (std::int64_t s = 0; s < batch.n_seq; ++s) {  // one sequence of logits at a time: V can be 250k
+  for (std::int64_t s = 0; s < batch.n_seq;
+       ++s) {  // one sequence of logits at a time: V can be 250k
     const Tensor logits = head_logits(c, head, hidden.data<float>() + s * L * H, L);
     cpu::cross_entropy(logits.data<float>(), L - 1, V, tokens.data() + s * L + 1,
                        out.nll.data() + s * (L - 1));
@@ -115,9 +118,10 @@ Comparison compare(const BlockSource& test, const BlockSource& ref,
   const auto& rc = ref.config();
   if (c.vocab_size != rc.vocab_size || c.hidden_size != rc.hidden_size ||
       c.num_layers != rc.num_layers)
-    fail("cannot compare models of different shapes (vocab {} vs {}, hidden {} vs {}, layers {} "
-         "vs {})", c.vocab_size, rc.vocab_size, c.hidden_size, rc.hidden_size, c.num_layers,
-         rc.num_layers);
+    fail(
+        "cannot compare models of different shapes (vocab {} vs {}, hidden {} vs {}, layers {} "
+        "vs {})",
+        c.vocab_size, rc.vocab_size, c.hidden_size, rc.hidden_size, c.num_layers, rc.num_layers);
   check_lengths(c, seq_len);
   const Batch batch{.n_seq = n_seq, .seq_len = seq_len};
   Comparison out;
@@ -144,20 +148,20 @@ Comparison compare(const BlockSource& test, const BlockSource& ref,
   kl.reserve(static_cast<std::size_t>(n_seq * L));
   std::int64_t agree = 0;
   std::vector<double> lp, lq;
-  auto test_head = run_head(test, h_test, tokens, batch, options.keep_logits,
-                            [&](std::int64_t s, const Tensor& l) {
-    for (std::int64_t t = 0; t < L; ++t) {
-      const float* p = ref_logits[s].data<float>() + t * V;
-      const float* q = l.data<float>() + t * V;
-      log_softmax(p, V, lp);
-      log_softmax(q, V, lq);
-      double k = 0.0;
-      for (std::int64_t j = 0; j < V; ++j) k += std::exp(lp[j]) * (lp[j] - lq[j]);
-      kl.push_back(std::max(k, 0.0));  // rounding can make a zero KL slightly negative
-      agree += std::max_element(p, p + V) - p == std::max_element(q, q + V) - q;
-    }
-    ref_logits[s] = Tensor();
-  });
+  auto test_head = run_head(
+      test, h_test, tokens, batch, options.keep_logits, [&](std::int64_t s, const Tensor& l) {
+        for (std::int64_t t = 0; t < L; ++t) {
+          const float* p = ref_logits[s].data<float>() + t * V;
+          const float* q = l.data<float>() + t * V;
+          log_softmax(p, V, lp);
+          log_softmax(q, V, lq);
+          double k = 0.0;
+          for (std::int64_t j = 0; j < V; ++j) k += std::exp(lp[j]) * (lp[j] - lq[j]);
+          kl.push_back(std::max(k, 0.0));  // rounding can make a zero KL slightly negative
+          agree += std::max_element(p, p + V) - p == std::max_element(q, q + V) - q;
+        }
+        ref_logits[s] = Tensor();
+      });
   finish(out.reference, std::move(ref_head), batch, start);
   finish(out.test, std::move(test_head), batch, start);
   double sum = 0.0;

@@ -51,7 +51,7 @@ struct EvalResult {
   std::vector<float> nll;  // [n_seq, seq_len - 1]: -log p(token t+1 | tokens <= t)
   double mean_nll = 0.0;   // summed in sequence order in double
   double perplexity = 0.0;
-  Tensor logits;           // f32 [n_seq, seq_len, vocab] when keep_logits
+  Tensor logits;  // f32 [n_seq, seq_len, vocab] when keep_logits
   double seconds = 0.0;
   double tokens_per_second = 0.0;
 };

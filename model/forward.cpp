@@ -30,7 +30,8 @@ std::vector<float> rope_inv_freq(const io::ModelConfig& c) {
   }
   const auto& r = c.rope;
   switch (r.scaling) {
-    case io::RopeScaling::none: break;
+    case io::RopeScaling::none:
+      break;
     case io::RopeScaling::linear:
       for (auto& f : inv) f = static_cast<float>(f / r.factor);
       break;
@@ -70,8 +71,7 @@ void apply_mapped_norm(const io::ModelConfig& c, const Norm& norm, const float* 
            norm.bias.describe(), slots);
   std::vector<float> inv_count(static_cast<std::size_t>(n_out), 0.0f);
   for (i64 k = 0; k < slots; ++k) {
-    SQ_CHECK(map.index[k] >= 0 && map.index[k] < cols && map.merge[k] >= 0 &&
-                 map.merge[k] < n_out,
+    SQ_CHECK(map.index[k] >= 0 && map.index[k] < cols && map.merge[k] >= 0 && map.merge[k] < n_out,
              "norm map slot {} out of range", k);
     inv_count[map.merge[k]] += 1.0f;
   }
@@ -166,13 +166,20 @@ Tensor embed(const io::ModelConfig& c, const EmbeddingWeights& w,
 
 std::string_view site_name(Site site) {
   switch (site) {
-    case Site::qkv_in: return "qkv_in";
-    case Site::o_in: return "o_in";
-    case Site::mlp_in: return "mlp_in";
-    case Site::down_in: return "down_in";
-    case Site::attn_q: return "attn_q";
-    case Site::attn_k: return "attn_k";
-    case Site::attn_v: return "attn_v";
+    case Site::qkv_in:
+      return "qkv_in";
+    case Site::o_in:
+      return "o_in";
+    case Site::mlp_in:
+      return "mlp_in";
+    case Site::down_in:
+      return "down_in";
+    case Site::attn_q:
+      return "attn_q";
+    case Site::attn_k:
+      return "attn_k";
+    case Site::attn_v:
+      return "attn_v";
   }
   return "?";
 }
@@ -207,21 +214,18 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
   Tensor k = Tensor::zeros(DType::f32, {T, kvd});
   Tensor v = Tensor::zeros(DType::f32, {T, kvd});
   const float* x = xn.data<float>();
-  cpu::linear(x, T, ka, w.q.weight.data<float>(), w.q.bias_or_null(), qd,
-              q.mutable_data<float>());
-  cpu::linear(x, T, ka, w.k.weight.data<float>(), w.k.bias_or_null(), kvd,
-              k.mutable_data<float>());
-  cpu::linear(x, T, ka, w.v.weight.data<float>(), w.v.bias_or_null(), kvd,
-              v.mutable_data<float>());
+  cpu::linear(x, T, ka, w.q.weight.data<float>(), w.q.bias_or_null(), qd, q.mutable_data<float>());
+  cpu::linear(x, T, ka, w.k.weight.data<float>(), w.k.bias_or_null(), kvd, k.mutable_data<float>());
+  cpu::linear(x, T, ka, w.v.weight.data<float>(), w.v.bias_or_null(), kvd, v.mutable_data<float>());
 
   if (c.positions == io::PositionKind::rope) {
     std::vector<i64> positions(static_cast<std::size_t>(batch.seq_len));
     for (i64 t = 0; t < batch.seq_len; ++t) positions[t] = batch.past + t;
     for (i64 s = 0; s < batch.n_seq; ++s) {
-      ctx.rope(q.mutable_data<float>() + s * batch.seq_len * qd, batch.seq_len, c.num_heads, D,
-               qd, positions.data(), ctx.inv_freq.data());
-      ctx.rope(k.mutable_data<float>() + s * batch.seq_len * kvd, batch.seq_len, c.num_kv_heads,
-               D, kvd, positions.data(), ctx.inv_freq.data());
+      ctx.rope(q.mutable_data<float>() + s * batch.seq_len * qd, batch.seq_len, c.num_heads, D, qd,
+               positions.data(), ctx.inv_freq.data());
+      ctx.rope(k.mutable_data<float>() + s * batch.seq_len * kvd, batch.seq_len, c.num_kv_heads, D,
+               kvd, positions.data(), ctx.inv_freq.data());
     }
   }
   hook(Site::attn_q, q);
@@ -231,9 +235,14 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
   Tensor attn = Tensor::zeros(DType::f32, {T, qd});
   const i64 tk = batch.past + batch.seq_len;
   std::vector<float> scratch(static_cast<std::size_t>(batch.seq_len * tk));
-  cpu::AttentionShape shape{.tq = batch.seq_len, .tk = tk, .q_heads = c.num_heads,
-                            .kv_heads = c.num_kv_heads, .head_dim = D, .q_stride = qd,
-                            .kv_stride = kvd, .out_stride = qd,
+  cpu::AttentionShape shape{.tq = batch.seq_len,
+                            .tk = tk,
+                            .q_heads = c.num_heads,
+                            .kv_heads = c.num_kv_heads,
+                            .head_dim = D,
+                            .q_stride = qd,
+                            .kv_stride = kvd,
+                            .out_stride = qd,
                             .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
   for (i64 s = 0; s < batch.n_seq; ++s) {
     const float* ks = k.data<float>() + s * batch.seq_len * kvd;
@@ -278,8 +287,12 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
       cpu::silu_mul(gate.data<float>(), up.data<float>(), T * F, up.mutable_data<float>());
       break;
     }
-    case io::Activation::relu: cpu::relu(up.mutable_data<float>(), T * F); break;
-    case io::Activation::gelu_tanh: cpu::gelu_tanh(up.mutable_data<float>(), T * F); break;
+    case io::Activation::relu:
+      cpu::relu(up.mutable_data<float>(), T * F);
+      break;
+    case io::Activation::gelu_tanh:
+      cpu::gelu_tanh(up.mutable_data<float>(), T * F);
+      break;
   }
   hook(Site::down_in, up);
   cpu::linear(up.data<float>(), T, F, w.down.weight.data<float>(), w.down.bias_or_null(), H,

@@ -33,7 +33,8 @@ std::vector<std::uint32_t> sample_sequences(const Model& model, const SampleOpti
     const Batch batch{.n_seq = o.n_seq, .seq_len = 1, .past = t};
     Tensor hidden = embed(c, emb, current, batch);
     for (int l = 0; l < model.num_layers(); ++l)
-      block_forward(c, blocks[l], batch, hidden, {.inv_freq = inv_freq, .cache = &cache, .layer = l});
+      block_forward(c, blocks[l], batch, hidden,
+                    {.inv_freq = inv_freq, .cache = &cache, .layer = l});
     const Tensor logits = head_logits(c, head, hidden.data<float>(), o.n_seq);
     for (std::int64_t s = 0; s < o.n_seq; ++s) {
       const float* l = logits.data<float>() + s * c.vocab_size;

@@ -60,7 +60,8 @@ io::ModelConfig synth_config(const SynthSpec& s) {
       c.attention_bias = c.mlp_bias = true;
       c.tie_word_embeddings = true;
       break;
-    case io::Arch::bloom: fail("synth: BLOOM models are not supported yet");
+    case io::Arch::bloom:
+      fail("synth: BLOOM models are not supported yet");
   }
   if (c.num_heads % c.num_kv_heads != 0)
     fail("synth: kv_heads {} does not divide heads {}", c.num_kv_heads, c.num_heads);
@@ -97,7 +98,8 @@ class TensorFactory {
     // One sign per outlier channel for OPT's shift, shared by every norm (real models shift a
     // channel the same way in every layer).
     Rng rng(spec.seed ^ 0x5A1F7ull);
-    for (std::size_t i = 0; i < outliers_.size(); ++i) signs_.push_back(rng.uniform() < 0.5 ? -1 : 1);
+    for (std::size_t i = 0; i < outliers_.size(); ++i)
+      signs_.push_back(rng.uniform() < 0.5 ? -1 : 1);
   }
 
   const std::vector<i64>& outliers() const { return outliers_; }
@@ -113,11 +115,17 @@ class TensorFactory {
     };
     const double fan_in = t.shape.size() == 2 ? double(t.shape[1]) : 1.0;
     switch (t.kind) {
-      case TensorKind::embed_tokens: fill_normal(0.0, 1.0); break;
-      case TensorKind::embed_positions: fill_normal(0.0, 0.5); break;
+      case TensorKind::embed_tokens:
+        fill_normal(0.0, 1.0);
+        break;
+      case TensorKind::embed_positions:
+        fill_normal(0.0, 0.5);
+        break;
       case TensorKind::project_in:
       case TensorKind::project_out:
-      case TensorKind::lm_head: fill_normal(0.0, 1.0 / std::sqrt(fan_in)); break;
+      case TensorKind::lm_head:
+        fill_normal(0.0, 1.0 / std::sqrt(fan_in));
+        break;
       case TensorKind::linear_weight: {
         // Residual-writing layers are scaled down by sqrt(2 L), as GPT-2 initialises them, so
         // the residual stream stays in range through the blocks.
@@ -136,7 +144,9 @@ class TensorFactory {
         }
         break;
       }
-      case TensorKind::linear_bias: fill_normal(0.0, 0.02); break;
+      case TensorKind::linear_bias:
+        fill_normal(0.0, 0.02);
+        break;
       case TensorKind::norm_weight:
         fill_normal(1.0, 0.1);
         for (i64 ch : outliers_) v[ch] *= static_cast<float>(spec_.outlier_scale);
@@ -192,11 +202,20 @@ struct InMemoryWeights {
     for (const auto& t : specs) {
       if (t.layer != layer) continue;
       switch (t.kind) {
-        case TensorKind::norm_weight: b.norm(t.norm).weight = factory.make(t); break;
-        case TensorKind::norm_bias: b.norm(t.norm).bias = factory.make(t); break;
-        case TensorKind::linear_weight: b.linear(t.linear).weight = factory.make(t); break;
-        case TensorKind::linear_bias: b.linear(t.linear).bias = factory.make(t); break;
-        default: break;
+        case TensorKind::norm_weight:
+          b.norm(t.norm).weight = factory.make(t);
+          break;
+        case TensorKind::norm_bias:
+          b.norm(t.norm).bias = factory.make(t);
+          break;
+        case TensorKind::linear_weight:
+          b.linear(t.linear).weight = factory.make(t);
+          break;
+        case TensorKind::linear_bias:
+          b.linear(t.linear).bias = factory.make(t);
+          break;
+        default:
+          break;
       }
     }
     return b;
@@ -241,7 +260,8 @@ double calibrate_logit_scale(const SynthSpec& spec, const io::ModelConfig& c,
   emb.project_in.weight = w.find(TensorKind::project_in);
   Tensor hidden = embed(c, emb, ids, batch);
   const auto inv_freq = rope_inv_freq(c);
-  for (int l = 0; l < c.num_layers; ++l) block_forward(c, w.block(l), batch, hidden, {.inv_freq = inv_freq});
+  for (int l = 0; l < c.num_layers; ++l)
+    block_forward(c, w.block(l), batch, hidden, {.inv_freq = inv_freq});
   HeadWeights head;
   head.final_norm.weight = w.find(TensorKind::final_norm_weight);
   head.final_norm.bias = w.find(TensorKind::final_norm_bias);
@@ -264,11 +284,13 @@ double calibrate_logit_scale(const SynthSpec& spec, const io::ModelConfig& c,
 SynthResult write_synth_model(const SynthSpec& spec, const std::string& dir) {
   const io::ModelConfig config = synth_config(spec);
   if (spec.calib_seqs + spec.eval_seqs > 0 && spec.seq_len > config.max_position_embeddings)
-    fail("synth: seq_len {} exceeds max_positions {}", spec.seq_len, config.max_position_embeddings);
+    fail("synth: seq_len {} exceeds max_positions {}", spec.seq_len,
+         config.max_position_embeddings);
   std::error_code ec;
   if (fs::exists(dir) && !fs::is_empty(dir, ec))
-    fail(ErrorContext{.file = dir}, "output directory exists and is not empty; refusing to mix "
-                                    "a new model into it");
+    fail(ErrorContext{.file = dir},
+         "output directory exists and is not empty; refusing to mix "
+         "a new model into it");
   fs::create_directories(dir, ec);
   if (ec) fail(ErrorContext{.file = dir}, "cannot create directory: {}", ec.message());
 
@@ -300,8 +322,8 @@ SynthResult write_synth_model(const SynthSpec& spec, const std::string& dir) {
     const Model model = Model::open(dir);  // sample from the model as stored (rounded weights)
     auto write = [&](const char* name, i64 n_seq, std::uint64_t seed) -> std::string {
       if (n_seq == 0) return {};
-      log::ScopedTimer timer(fmt::format("synth: sampling {} x {} tokens for {}", n_seq,
-                                         spec.seq_len, name));
+      log::ScopedTimer timer(
+          fmt::format("synth: sampling {} x {} tokens for {}", n_seq, spec.seq_len, name));
       const auto ids = sample_sequences(
           model, {.n_seq = n_seq, .seq_len = spec.seq_len, .seed = seed, .temperature = 1.0});
       const std::string path = (fs::path(dir) / name).string();

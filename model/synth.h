@@ -18,7 +18,7 @@ struct SynthSpec {
   std::int64_t intermediate = 0;  // 0: LLaMA ~8/3 hidden rounded up to 32; OPT 4 x hidden
   std::int64_t layers = 4;
   std::int64_t heads = 4;
-  std::int64_t kv_heads = 0;      // 0: LLaMA heads / 2 (GQA) when even, else heads; OPT heads
+  std::int64_t kv_heads = 0;  // 0: LLaMA heads / 2 (GQA) when even, else heads; OPT heads
   std::int64_t vocab = 512;
   std::int64_t max_positions = 512;
   DType dtype = DType::bf16;

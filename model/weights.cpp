@@ -11,34 +11,50 @@ namespace sq::model {
 
 std::string_view role_name(LinearRole role) {
   switch (role) {
-    case LinearRole::q: return "q";
-    case LinearRole::k: return "k";
-    case LinearRole::v: return "v";
-    case LinearRole::o: return "o";
-    case LinearRole::gate: return "gate";
-    case LinearRole::up: return "up";
-    case LinearRole::down: return "down";
+    case LinearRole::q:
+      return "q";
+    case LinearRole::k:
+      return "k";
+    case LinearRole::v:
+      return "v";
+    case LinearRole::o:
+      return "o";
+    case LinearRole::gate:
+      return "gate";
+    case LinearRole::up:
+      return "up";
+    case LinearRole::down:
+      return "down";
   }
   return "?";
 }
 
 std::string_view role_name(NormRole role) {
   switch (role) {
-    case NormRole::attn: return "attn_norm";
-    case NormRole::mlp: return "mlp_norm";
+    case NormRole::attn:
+      return "attn_norm";
+    case NormRole::mlp:
+      return "mlp_norm";
   }
   return "?";
 }
 
 Linear& BlockWeights::linear(LinearRole role) {
   switch (role) {
-    case LinearRole::q: return q;
-    case LinearRole::k: return k;
-    case LinearRole::v: return v;
-    case LinearRole::o: return o;
-    case LinearRole::gate: return gate;
-    case LinearRole::up: return up;
-    case LinearRole::down: return down;
+    case LinearRole::q:
+      return q;
+    case LinearRole::k:
+      return k;
+    case LinearRole::v:
+      return v;
+    case LinearRole::o:
+      return o;
+    case LinearRole::gate:
+      return gate;
+    case LinearRole::up:
+      return up;
+    case LinearRole::down:
+      return down;
   }
   return q;
 }
@@ -54,27 +70,42 @@ std::string_view hf_linear(io::Arch arch, LinearRole role) {
   switch (arch) {
     case io::Arch::llama:
       switch (role) {
-        case LinearRole::q: return "self_attn.q_proj";
-        case LinearRole::k: return "self_attn.k_proj";
-        case LinearRole::v: return "self_attn.v_proj";
-        case LinearRole::o: return "self_attn.o_proj";
-        case LinearRole::gate: return "mlp.gate_proj";
-        case LinearRole::up: return "mlp.up_proj";
-        case LinearRole::down: return "mlp.down_proj";
+        case LinearRole::q:
+          return "self_attn.q_proj";
+        case LinearRole::k:
+          return "self_attn.k_proj";
+        case LinearRole::v:
+          return "self_attn.v_proj";
+        case LinearRole::o:
+          return "self_attn.o_proj";
+        case LinearRole::gate:
+          return "mlp.gate_proj";
+        case LinearRole::up:
+          return "mlp.up_proj";
+        case LinearRole::down:
+          return "mlp.down_proj";
       }
       break;
     case io::Arch::opt:
       switch (role) {
-        case LinearRole::q: return "self_attn.q_proj";
-        case LinearRole::k: return "self_attn.k_proj";
-        case LinearRole::v: return "self_attn.v_proj";
-        case LinearRole::o: return "self_attn.out_proj";
-        case LinearRole::gate: fail("OPT has no gate projection");
-        case LinearRole::up: return "fc1";
-        case LinearRole::down: return "fc2";
+        case LinearRole::q:
+          return "self_attn.q_proj";
+        case LinearRole::k:
+          return "self_attn.k_proj";
+        case LinearRole::v:
+          return "self_attn.v_proj";
+        case LinearRole::o:
+          return "self_attn.out_proj";
+        case LinearRole::gate:
+          fail("OPT has no gate projection");
+        case LinearRole::up:
+          return "fc1";
+        case LinearRole::down:
+          return "fc2";
       }
       break;
-    case io::Arch::bloom: break;  // refused by TensorNames::canonical
+    case io::Arch::bloom:
+      break;  // refused by TensorNames::canonical
   }
   return "?";
 }
@@ -86,7 +117,8 @@ std::string_view hf_norm(io::Arch arch, NormRole role) {
     case io::Arch::opt:
       // Careful: a layer's final_layer_norm is the norm before fc1, not the model's last norm.
       return role == NormRole::attn ? "self_attn_layer_norm" : "final_layer_norm";
-    case io::Arch::bloom: break;  // refused by TensorNames::canonical
+    case io::Arch::bloom:
+      break;  // refused by TensorNames::canonical
   }
   return "?";
 }
@@ -94,8 +126,9 @@ std::string_view hf_norm(io::Arch arch, NormRole role) {
 
 TensorNames TensorNames::canonical(const io::ModelConfig& config) {
   if (config.arch == io::Arch::bloom)
-    fail("BLOOM configs parse, but the BLOOM forward (fused query_key_value, ALiBi) is not "
-         "implemented yet");
+    fail(
+        "BLOOM configs parse, but the BLOOM forward (fused query_key_value, ALiBi) is not "
+        "implemented yet");
   TensorNames n;
   n.arch_ = config.arch;
   n.prefix_ = config.arch == io::Arch::llama ? "model." : "model.decoder.";
@@ -194,24 +227,35 @@ std::vector<TensorSpec> model_tensors(const io::ModelConfig& c, const TensorName
       if (r == LinearRole::gate && !c.gated_mlp()) continue;
       Shape shape;
       switch (r) {
-        case LinearRole::q: shape = {c.q_dim(), h}; break;
+        case LinearRole::q:
+          shape = {c.q_dim(), h};
+          break;
         case LinearRole::k:
-        case LinearRole::v: shape = {c.kv_dim(), h}; break;
-        case LinearRole::o: shape = {h, c.q_dim()}; break;
+        case LinearRole::v:
+          shape = {c.kv_dim(), h};
+          break;
+        case LinearRole::o:
+          shape = {h, c.q_dim()};
+          break;
         case LinearRole::gate:
-        case LinearRole::up: shape = {ff, h}; break;
-        case LinearRole::down: shape = {h, ff}; break;
+        case LinearRole::up:
+          shape = {ff, h};
+          break;
+        case LinearRole::down:
+          shape = {h, ff};
+          break;
       }
       e.push_back({names.linear(i, r, false), shape, TensorKind::linear_weight, i, r});
-      const bool attn = r == LinearRole::q || r == LinearRole::k || r == LinearRole::v ||
-                        r == LinearRole::o;
+      const bool attn =
+          r == LinearRole::q || r == LinearRole::k || r == LinearRole::v || r == LinearRole::o;
       if (attn ? c.attention_bias : c.mlp_bias)
         e.push_back({names.linear(i, r, true), {shape[0]}, TensorKind::linear_bias, i, r});
     }
   }
   e.push_back({names.final_norm(false), {h}, TensorKind::final_norm_weight});
   if (c.norm_bias) e.push_back({names.final_norm(true), {h}, TensorKind::final_norm_bias});
-  if (!c.tie_word_embeddings) e.push_back({names.lm_head(), {c.vocab_size, p}, TensorKind::lm_head});
+  if (!c.tie_word_embeddings)
+    e.push_back({names.lm_head(), {c.vocab_size, p}, TensorKind::lm_head});
   return e;
 }
 

@@ -17,9 +17,9 @@ namespace sq::model {
 
 // The linear layers of a decoder block. OPT's fc1/fc2 are `up`/`down`; it has no `gate`.
 enum class LinearRole { q, k, v, o, gate, up, down };
-inline constexpr std::array kAllLinearRoles = {LinearRole::q,    LinearRole::k,  LinearRole::v,
-                                              LinearRole::o,    LinearRole::gate, LinearRole::up,
-                                              LinearRole::down};
+inline constexpr std::array kAllLinearRoles = {LinearRole::q,   LinearRole::k,    LinearRole::v,
+                                               LinearRole::o,   LinearRole::gate, LinearRole::up,
+                                               LinearRole::down};
 enum class NormRole { attn, mlp };
 std::string_view role_name(LinearRole role);
 std::string_view role_name(NormRole role);
@@ -46,8 +46,8 @@ struct NormOutputMap {
 };
 
 struct Norm {
-  Tensor weight;  // f32 [hidden], or [map.slots()] with a map
-  Tensor bias;    // f32, same size as weight (LayerNorm), or undefined
+  Tensor weight;      // f32 [hidden], or [map.slots()] with a map
+  Tensor bias;        // f32, same size as weight (LayerNorm), or undefined
   NormOutputMap map;  // empty: output channel j = weight_j * xhat_j + bias_j
   const float* bias_or_null() const { return bias.defined() ? bias.data<float>() : nullptr; }
   // Width of the norm's output (what its consumers read).
@@ -100,16 +100,25 @@ class TensorNames {
 
 // One tensor an architecture needs, with what it is for.
 enum class TensorKind {
-  embed_tokens, embed_positions, project_in, project_out, norm_weight, norm_bias, linear_weight,
-  linear_bias, final_norm_weight, final_norm_bias, lm_head
+  embed_tokens,
+  embed_positions,
+  project_in,
+  project_out,
+  norm_weight,
+  norm_bias,
+  linear_weight,
+  linear_bias,
+  final_norm_weight,
+  final_norm_bias,
+  lm_head
 };
 struct TensorSpec {
   std::string name;
   Shape shape;
   TensorKind kind;
-  int layer = -1;                       // -1 outside the blocks
-  LinearRole linear = LinearRole::q;    // for linear_weight / linear_bias
-  NormRole norm = NormRole::attn;       // for norm_weight / norm_bias
+  int layer = -1;                     // -1 outside the blocks
+  LinearRole linear = LinearRole::q;  // for linear_weight / linear_bias
+  NormRole norm = NormRole::attn;     // for norm_weight / norm_bias
 };
 // Every tensor of a model with this config, in the order transformers writes them.
 std::vector<TensorSpec> model_tensors(const io::ModelConfig& config, const TensorNames& names);

@@ -25,7 +25,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // Token data cut into n_seq sequences of seq_len, as the recipe asks.
 struct Tokens {
@@ -189,22 +191,22 @@ RunSummary run_recipe(const io::Recipe& recipe) {
           // the next block's inputs. With quantized inputs they are recomputed below.
           Tensor scratch = quant_inputs ? hidden.clone() : Tensor();
           Tensor& h = quant_inputs ? scratch : hidden;
-          run_micro_batches(c, fp, h, calib.n_seq, calib.seq_len, mb,
-                            [&](i64 index, const model::Batch& batch)
-                                -> std::unique_ptr<model::ActivationHook> {
-            auto observer = std::make_unique<stages::StatsObserver>(stats);
-            if (index != 0 || !wants_os_plus) return observer;
-            struct Both : model::ActivationHook {
-              std::unique_ptr<stages::StatsObserver> obs;
-              std::unique_ptr<stages::CaptureOsPlusInputs> cap;
-              void at(model::Site s, float* x, i64 r, i64 cc) override { cap->at(s, x, r, cc); }
-            };
-            auto both = std::make_unique<Both>();
-            both->obs = std::move(observer);
-            both->cap = std::make_unique<stages::CaptureOsPlusInputs>(os_inputs, batch,
-                                                                      both->obs.get());
-            return both;
-          });
+          run_micro_batches(
+              c, fp, h, calib.n_seq, calib.seq_len, mb,
+              [&](i64 index, const model::Batch& batch) -> std::unique_ptr<model::ActivationHook> {
+                auto observer = std::make_unique<stages::StatsObserver>(stats);
+                if (index != 0 || !wants_os_plus) return observer;
+                struct Both : model::ActivationHook {
+                  std::unique_ptr<stages::StatsObserver> obs;
+                  std::unique_ptr<stages::CaptureOsPlusInputs> cap;
+                  void at(model::Site s, float* x, i64 r, i64 cc) override { cap->at(s, x, r, cc); }
+                };
+                auto both = std::make_unique<Both>();
+                both->obs = std::move(observer);
+                both->cap = std::make_unique<stages::CaptureOsPlusInputs>(os_inputs, batch,
+                                                                          both->obs.get());
+                return both;
+              });
           break;
         }
         case io::StageKind::smoothquant:
@@ -214,10 +216,11 @@ RunSummary run_recipe(const io::Recipe& recipe) {
         case io::StageKind::os_plus: {
           const auto r = stages::os_plus_block(c, qb.weights, stats, os_inputs, scheme,
                                                {.grid = stage.grid, .floor = stage.floor});
-          log::info("block {}/{} os_plus: qkv threshold {:.3g} (loss {:.3g} -> {:.3g}), mlp "
-                    "threshold {:.3g} (loss {:.3g} -> {:.3g}){}", layer + 1, model.num_layers(),
-                    r.qkv_threshold, r.qkv_loss_unscaled, r.qkv_loss, r.mlp_threshold,
-                    r.mlp_loss_unscaled, r.mlp_loss, r.shifted ? ", shifted" : "");
+          log::info(
+              "block {}/{} os_plus: qkv threshold {:.3g} (loss {:.3g} -> {:.3g}), mlp "
+              "threshold {:.3g} (loss {:.3g} -> {:.3g}){}",
+              layer + 1, model.num_layers(), r.qkv_threshold, r.qkv_loss_unscaled, r.qkv_loss,
+              r.mlp_threshold, r.mlp_loss_unscaled, r.mlp_loss, r.shifted ? ", shifted" : "");
           break;
         }
         case io::StageKind::quantize_weights:
@@ -251,9 +254,8 @@ RunSummary run_recipe(const io::Recipe& recipe) {
     quantized = std::make_unique<stages::QuantizedSource>(
         loaded.config, loaded.embedding, loaded.head, std::move(loaded.blocks), scheme);
   } else {
-    quantized = std::make_unique<stages::QuantizedSource>(c, model.load_embedding(),
-                                                          model.load_head(), std::move(blocks),
-                                                          scheme);
+    quantized = std::make_unique<stages::QuantizedSource>(
+        c, model.load_embedding(), model.load_head(), std::move(blocks), scheme);
   }
   if (recipe.data.evaluation) {
     const Tokens eval = load_tokens(*recipe.data.evaluation, recipe.data.seq_len, {}, c);
@@ -272,8 +274,9 @@ RunSummary run_recipe(const io::Recipe& recipe) {
 
 void report_comparison(const model::Comparison& c, const std::string& test_name,
                        const std::string& reference_name, const std::string& json_path) {
-  fmt::print("| metric                    | value        |\n|---------------------------|"
-             "--------------|\n");
+  fmt::print(
+      "| metric                    | value        |\n|---------------------------|"
+      "--------------|\n");
   fmt::print("| perplexity ({:<12}) | {:12.4f} |\n", test_name, c.test.perplexity);
   fmt::print("| perplexity ({:<12}) | {:12.4f} |\n", reference_name, c.reference.perplexity);
   fmt::print("| KL mean (nats/token)      | {:12.6f} |\n", c.kl_mean);

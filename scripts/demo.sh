@@ -14,24 +14,7 @@ build_dir=${BUILD_DIR:-build}
 shardquant="$build_dir/shardquant"
 model_dir=demo/tiny-llama
 
-now_ns() { date +%s%N; }
-seconds_since() {
-  local ms=$((($(now_ns) - $1) / 1000000))
-  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
-}
-step() {
-  local name=$1 start rc
-  shift
-  echo "== step $name: $*"
-  start=$(now_ns)
-  if "$@"; then rc=0; else rc=$?; fi
-  if ((rc == 0)); then
-    echo "== step $name: $(seconds_since "$start") s"
-  else
-    echo "== step $name: FAILED (exit $rc) after $(seconds_since "$start") s" >&2
-  fi
-  return "$rc"
-}
+source "$root/scripts/lib.sh"
 
 # Runs inside `step`'s `if`, where set -e does not apply: every command checks its own status, so
 # a failed synth never removes the previous model.

@@ -13,11 +13,7 @@ packages=(
   python3 python3-venv
 )
 
-now_ns() { date +%s%N; }
-seconds_since() {  # "12.3" from a now_ns start
-  local ms=$((($(now_ns) - $1) / 1000000))
-  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 start=$(now_ns)
 

@@ -12,26 +12,7 @@ build_dir=${BUILD_DIR:-build}
 # launch mpirun from ctest.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-now_ns() { date +%s%N; }
-seconds_since() {
-  local ms=$((($(now_ns) - $1) / 1000000))
-  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
-}
-
-# step NAME COMMAND...: runs the command, prints its time (also when it fails), keeps its status.
-step() {
-  local name=$1 start rc
-  shift
-  echo "== step $name: $*"
-  start=$(now_ns)
-  if "$@"; then rc=0; else rc=$?; fi
-  if ((rc == 0)); then
-    echo "== step $name: $(seconds_since "$start") s"
-  else
-    echo "== step $name: FAILED (exit $rc) after $(seconds_since "$start") s" >&2
-  fi
-  return "$rc"
-}
+source "$root/scripts/lib.sh"
 
 step install scripts/install-deps.sh
 step build scripts/build.sh "$@"

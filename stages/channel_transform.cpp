@@ -74,9 +74,10 @@ void ChannelTransform::validate() const {
   }
   for (i64 j = 0; j < in_channels; ++j)
     if (!used[j])
-      fail("channel transform: input channel {} is read by no slot (the index must use every "
-           "channel; dropping one is not an equivalent transformation)",
-           j);
+      fail(
+          "channel transform: input channel {} is read by no slot (the index must use every "
+          "channel; dropping one is not an equivalent transformation)",
+          j);
   const i64 n_slots = slots();
   if (!merge.empty()) {
     if (ssize_of(merge) != n_slots)
@@ -109,9 +110,9 @@ namespace {
 // A validated transform with every map spelled out, plus the counts the rules need.
 struct Resolved {
   i64 in = 0, slots = 0, out = 0;
-  std::vector<i64> index, merge;      // per slot
-  std::vector<double> scale, shift;   // per output channel
-  std::vector<i64> copies;            // T(j) per input channel
+  std::vector<i64> index, merge;          // per slot
+  std::vector<double> scale, shift;       // per output channel
+  std::vector<i64> copies;                // T(j) per input channel
   std::vector<std::vector<i64>> members;  // slots merged into each output channel
   bool has_shift = false;
 
@@ -175,10 +176,14 @@ void ChannelTransform::apply(const float* x, i64 rows, float* out) const {
 
 std::string_view boundary_name(Boundary boundary) {
   switch (boundary) {
-    case Boundary::attn_norm_to_qkv: return "attn_norm_to_qkv";
-    case Boundary::mlp_norm_to_mlp: return "mlp_norm_to_mlp";
-    case Boundary::v_to_o: return "v_to_o";
-    case Boundary::up_to_down: return "up_to_down";
+    case Boundary::attn_norm_to_qkv:
+      return "attn_norm_to_qkv";
+    case Boundary::mlp_norm_to_mlp:
+      return "mlp_norm_to_mlp";
+    case Boundary::v_to_o:
+      return "v_to_o";
+    case Boundary::up_to_down:
+      return "up_to_down";
   }
   return "?";
 }
@@ -269,9 +274,11 @@ model::Norm fold_into_norm(const io::ModelConfig& c, const model::Norm& n, const
   if (r.has_shift) {
     switch (c.norm) {
       case io::NormKind::rms:
-        refuse(b, "a shift needs a bias to absorb it and an RMSNorm has none (shift only where a "
-                  "bias can absorb it)");
-      case io::NormKind::layer: break;
+        refuse(b,
+               "a shift needs a bias to absorb it and an RMSNorm has none (shift only where a "
+               "bias can absorb it)");
+      case io::NormKind::layer:
+        break;
     }
   }
   const i64 old_slots = n.weight.numel();
@@ -297,8 +304,8 @@ model::Norm fold_into_norm(const io::ModelConfig& c, const model::Norm& n, const
   std::vector<float> w2, b2;
   for (i64 l = 0; l < r.slots; ++l) {
     const i64 j = r.index[l], i = r.merge[l];
-    const double factor = pairs[i] / (double(r.members[i].size()) *
-                                      double(members1[j].size()) * double(r.copies[j]));
+    const double factor =
+        pairs[i] / (double(r.members[i].size()) * double(members1[j].size()) * double(r.copies[j]));
     for (i64 k : members1[j]) {
       idx2.push_back(idx1[k]);
       merge2.push_back(i);
@@ -343,12 +350,11 @@ void fold_norm_boundary(const io::ModelConfig& c, model::BlockWeights& w, Bounda
 // softmax rows sum to 1, so per-channel scale and shift on v pass through attention unchanged;
 // o's columns take them for every q head of the group. Splits and merges would change head_dim,
 // and moving a channel to another head would mix heads.
-void fold_v_to_o(const io::ModelConfig& c, model::BlockWeights& w, Boundary b,
-                 const Resolved& r) {
+void fold_v_to_o(const io::ModelConfig& c, model::BlockWeights& w, Boundary b, const Resolved& r) {
   check_width(b, "v", w.v.out_features(), r);
   const i64 D = c.head_dim, heads = c.num_heads, group = c.num_heads / c.num_kv_heads;
-  SQ_CHECK(w.o.in_features() == heads * D, "o {} for {} heads of {}", w.o.weight.describe(),
-           heads, D);
+  SQ_CHECK(w.o.in_features() == heads * D, "o {} for {} heads of {}", w.o.weight.describe(), heads,
+           D);
   for (i64 j = 0; j < r.in; ++j)
     if (r.copies[j] > 1)
       refuse(b, "v channel {} is split into {} copies; a split would change head_dim", j,
@@ -362,8 +368,9 @@ void fold_v_to_o(const io::ModelConfig& c, model::BlockWeights& w, Boundary b,
   for (i64 k = 0; k < r.slots; ++k) src[r.merge[k]] = r.index[k];
   for (i64 i = 0; i < r.out; ++i)
     if (src[i] / D != i / D)
-      refuse(b, "the permutation moves v channel {} (kv head {}) to channel {} (kv head {}); only "
-                "permutations within a head keep attention intact",
+      refuse(b,
+             "the permutation moves v channel {} (kv head {}) to channel {} (kv head {}); only "
+             "permutations within a head keep attention intact",
              src[i], src[i] / D, i, i / D);
 
   Resolved q;  // the same transform expanded to o's input, one copy per q head of the group
@@ -392,13 +399,15 @@ void fold_up_to_down(const io::ModelConfig& c, model::BlockWeights& w, Boundary 
   check_width(b, "up", w.up.out_features(), r);
   check_width(b, "down's input", w.down.in_features(), r);
   if (r.has_shift)
-    refuse(b, "a shift cannot fold into the MLP activation's output (act(u) - z is not the "
-              "activation of any linear output; shift only where a bias can absorb it)");
+    refuse(b,
+           "a shift cannot fold into the MLP activation's output (act(u) - z is not the "
+           "activation of any linear output; shift only where a bias can absorb it)");
   switch (c.activation) {
     case io::Activation::silu:
       if (r.merges())
-        refuse(b, "a merge cannot fold into SwiGLU: silu(g_a) u_a + silu(g_b) u_b is not a "
-                  "function of the mean");
+        refuse(b,
+               "a merge cannot fold into SwiGLU: silu(g_a) u_a + silu(g_b) u_b is not a "
+               "function of the mean");
       check_width(b, "gate", w.gate.out_features(), r);
       // silu(gate) multiplies up, so up alone takes 1/T and the scale; gate rows just follow.
       w.up = fold_producer(w.up, r, /*divide=*/true, /*affine=*/true);
@@ -437,9 +446,15 @@ void apply_transform(const io::ModelConfig& config, model::BlockWeights& w, Boun
   model::BlockWeights out = w;
   switch (boundary) {
     case Boundary::attn_norm_to_qkv:
-    case Boundary::mlp_norm_to_mlp: fold_norm_boundary(config, out, boundary, r); break;
-    case Boundary::v_to_o: fold_v_to_o(config, out, boundary, r); break;
-    case Boundary::up_to_down: fold_up_to_down(config, out, boundary, r); break;
+    case Boundary::mlp_norm_to_mlp:
+      fold_norm_boundary(config, out, boundary, r);
+      break;
+    case Boundary::v_to_o:
+      fold_v_to_o(config, out, boundary, r);
+      break;
+    case Boundary::up_to_down:
+      fold_up_to_down(config, out, boundary, r);
+      break;
   }
   w = std::move(out);
 }

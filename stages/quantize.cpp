@@ -13,10 +13,16 @@ using model::Site;
 float round_scale(float scale, DType dtype) {
   float r = scale;
   switch (dtype) {
-    case DType::f32: break;
-    case DType::f16: r = f16_to_f32(f32_to_f16(scale)); break;
-    case DType::bf16: r = bf16_to_f32(f32_to_bf16(scale)); break;
-    default: fail("scales cannot be stored as {}", dtype_name(dtype));
+    case DType::f32:
+      break;
+    case DType::f16:
+      r = f16_to_f32(f32_to_f16(scale));
+      break;
+    case DType::bf16:
+      r = bf16_to_f32(f32_to_bf16(scale));
+      break;
+    default:
+      fail("scales cannot be stored as {}", dtype_name(dtype));
   }
   // A scale that underflows in the storage dtype would divide by zero in the consumer.
   if (!(r > 0.0f) || !std::isfinite(r))
@@ -59,11 +65,15 @@ Site input_site(LinearRole role) {
   switch (role) {
     case LinearRole::q:
     case LinearRole::k:
-    case LinearRole::v: return Site::qkv_in;
-    case LinearRole::o: return Site::o_in;
+    case LinearRole::v:
+      return Site::qkv_in;
+    case LinearRole::o:
+      return Site::o_in;
     case LinearRole::gate:
-    case LinearRole::up: return Site::mlp_in;
-    case LinearRole::down: return Site::down_in;
+    case LinearRole::up:
+      return Site::mlp_in;
+    case LinearRole::down:
+      return Site::down_in;
   }
   return Site::qkv_in;
 }
@@ -89,14 +99,16 @@ void set_static_activation_params(QuantizedBlock& block, const BlockStats& stats
   for (LinearRole role : model::kAllLinearRoles) {
     if (!block.weights.linear(role).weight.defined()) continue;
     const ChannelStats& s = stats.at(input_site(role));
-    if (s.empty()) fail("no calibration statistics at {} for static activation scales",
-                        model::site_name(input_site(role)));
+    if (s.empty())
+      fail("no calibration statistics at {} for static activation scales",
+           model::site_name(input_site(role)));
     const float lo = s.tensor_min(), hi = s.tensor_max();
     float scale = 0.0f;
     std::int32_t zp = 0;
     cpu::qparams_from_range(&lo, &hi, 1, a.format, &scale, &zp);
     QuantizedLinear& q = block.linear(role);
-    q.input_scale = Tensor::from_f32(std::vector<float>{round_scale(scale, scheme.scale_dtype)}, {1});
+    q.input_scale =
+        Tensor::from_f32(std::vector<float>{round_scale(scale, scheme.scale_dtype)}, {1});
     if (!a.format.symmetric) {
       q.input_zero_point = Tensor::zeros(DType::i32, {1});
       q.input_zero_point.mutable_data<std::int32_t>()[0] = zp;
@@ -117,10 +129,18 @@ void QuantizeActivations::at(Site site, float* x, std::int64_t rows, std::int64_
       // Attention matmul inputs: per-token dynamic (no static scales are calibrated for them).
       if (scheme_.attention_inputs) cpu::fake_quantize_dynamic(x, rows, cols, per_token, a.format);
       return;
-    case Site::qkv_in: role = LinearRole::q; break;
-    case Site::o_in: role = LinearRole::o; break;
-    case Site::mlp_in: role = LinearRole::up; break;
-    case Site::down_in: role = LinearRole::down; break;
+    case Site::qkv_in:
+      role = LinearRole::q;
+      break;
+    case Site::o_in:
+      role = LinearRole::o;
+      break;
+    case Site::mlp_in:
+      role = LinearRole::up;
+      break;
+    case Site::down_in:
+      role = LinearRole::down;
+      break;
   }
   if (a.dynamic) {
     cpu::fake_quantize_dynamic(x, rows, cols, a.per_token ? per_token : per_tensor, a.format);

@@ -13,8 +13,12 @@ QuantScheme scheme_from_recipe(const io::Scheme& r, DType scale_dtype) {
   // so the rule only decides how the range maps onto the integer grid.
   s.weights.format.divisor = cpu::IntFormat::Divisor::max_int;
   switch (r.weights.granularity) {
-    case io::WeightGranularity::channel: s.weights.layout = {cpu::Granularity::row, 0}; break;
-    case io::WeightGranularity::tensor: s.weights.layout = {cpu::Granularity::tensor, 0}; break;
+    case io::WeightGranularity::channel:
+      s.weights.layout = {cpu::Granularity::row, 0};
+      break;
+    case io::WeightGranularity::tensor:
+      s.weights.layout = {cpu::Granularity::tensor, 0};
+      break;
     case io::WeightGranularity::group:
       s.weights.layout = {cpu::Granularity::group, r.weights.group_size};
       break;

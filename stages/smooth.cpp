@@ -57,7 +57,8 @@ void smoothquant_block(const io::ModelConfig& config, model::BlockWeights& w, Bl
   if (config.gated_mlp()) pairs[1].consumers.push_back(&w.gate);
   for (const auto& p : pairs) {
     ChannelStats& st = stats.at(p.site);
-    if (st.empty()) fail("smoothquant needs calibration statistics at {}", model::site_name(p.site));
+    if (st.empty())
+      fail("smoothquant needs calibration statistics at {}", model::site_name(p.site));
     const auto s = smoothquant_scales(st.absmax, p.consumers, alpha);
     apply_transform(config, w, p.boundary, ChannelTransform::scaling(s));
     transform_stats(st, {}, s);

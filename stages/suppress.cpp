@@ -15,7 +15,9 @@ using i64 = std::int64_t;
 using model::Site;
 
 void CaptureOsPlusInputs::at(Site site, float* x, i64 rows, i64 cols) {
-  Tensor* slot = site == Site::qkv_in ? &out_.qkv_in : site == Site::mlp_in ? &out_.mlp_in : nullptr;
+  Tensor* slot = site == Site::qkv_in   ? &out_.qkv_in
+                 : site == Site::mlp_in ? &out_.mlp_in
+                                        : nullptr;
   if (slot != nullptr && !slot->defined()) {
     *slot = Tensor::from_f32({x, static_cast<std::size_t>(rows * cols)}, {rows, cols});
     out_.batch = batch_;
@@ -66,10 +68,9 @@ Tensor transformed_input(const Tensor& x, const std::vector<float>& z, const std
   if (!scheme.activations) return out;
   const auto& a = *scheme.activations;
   if (a.dynamic) {
-    cpu::fake_quantize_dynamic(o, rows, cols,
-                               {.granularity = a.per_token ? cpu::Granularity::row
-                                                           : cpu::Granularity::tensor},
-                               a.format);
+    cpu::fake_quantize_dynamic(
+        o, rows, cols,
+        {.granularity = a.per_token ? cpu::Granularity::row : cpu::Granularity::tensor}, a.format);
     return out;
   }
   ChannelStats t = stats;
@@ -101,17 +102,22 @@ Tensor attention_output(const io::ModelConfig& c, const model::Linear& q, const 
     std::vector<i64> pos(static_cast<std::size_t>(L));
     for (i64 t = 0; t < L; ++t) pos[t] = t;
     for (i64 s = 0; s < batch.n_seq; ++s) {
-      cpu::rope_rotate_half(Q.mutable_data<float>() + s * L * qd, L, c.num_heads, D, qd,
-                            pos.data(), inv_freq.data());
+      cpu::rope_rotate_half(Q.mutable_data<float>() + s * L * qd, L, c.num_heads, D, qd, pos.data(),
+                            inv_freq.data());
       cpu::rope_rotate_half(K.mutable_data<float>() + s * L * kvd, L, c.num_kv_heads, D, kvd,
                             pos.data(), inv_freq.data());
     }
   }
   Tensor out = Tensor::zeros(DType::f32, {batch.tokens(), qd});
   std::vector<float> scratch(static_cast<std::size_t>(L * L));
-  const cpu::AttentionShape shape{.tq = L, .tk = L, .q_heads = c.num_heads,
-                                  .kv_heads = c.num_kv_heads, .head_dim = D, .q_stride = qd,
-                                  .kv_stride = kvd, .out_stride = qd,
+  const cpu::AttentionShape shape{.tq = L,
+                                  .tk = L,
+                                  .q_heads = c.num_heads,
+                                  .kv_heads = c.num_kv_heads,
+                                  .head_dim = D,
+                                  .q_stride = qd,
+                                  .kv_stride = kvd,
+                                  .out_stride = qd,
                                   .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
   for (i64 s = 0; s < batch.n_seq; ++s)
     cpu::attention(shape, Q.data<float>() + s * L * qd, K.data<float>() + s * L * kvd,

@@ -16,8 +16,8 @@
 namespace sq::stages {
 
 struct OsPlusOptions {
-  int grid = 100;                // thresholds tried between the largest range and the floor
-  std::optional<double> floor;   // lowest threshold; default io::default_os_plus_floor
+  int grid = 100;               // thresholds tried between the largest range and the floor
+  std::optional<double> floor;  // lowest threshold; default io::default_os_plus_floor
 };
 
 // The search data: the first calibration micro-batch's inputs of q/k/v and of the MLP.
@@ -49,7 +49,7 @@ struct OsPlusReport {
 
 // Transforms norm->q,k,v and norm->gate,up (fc1) of `weights` and updates `stats` accordingly.
 OsPlusReport os_plus_block(const io::ModelConfig& config, model::BlockWeights& weights,
-                           BlockStats& stats, const OsPlusInputs& inputs,
-                           const QuantScheme& scheme, const OsPlusOptions& options);
+                           BlockStats& stats, const OsPlusInputs& inputs, const QuantScheme& scheme,
+                           const OsPlusOptions& options);
 
 }  // namespace sq::stages

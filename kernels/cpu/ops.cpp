@@ -22,8 +22,8 @@ void linear(const float* x, i64 m, i64 k, const float* w, const float* bias, i64
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
-              static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k),
-              w, static_cast<blasint>(k), beta, y, static_cast<blasint>(n));
+              static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k), w,
+              static_cast<blasint>(k), beta, y, static_cast<blasint>(n));
 }
 
 void rms_norm(const float* x, i64 rows, i64 cols, const float* weight, float eps, float* out) {
@@ -79,8 +79,8 @@ void rope_rotate_half(float* x, i64 tokens, i64 heads, i64 head_dim, i64 row_str
   }
 }
 
-void attention(const AttentionShape& s, const float* q, const float* k, const float* v,
-               float* out, float* scratch) {
+void attention(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+               float* scratch) {
   const i64 group = s.q_heads / s.kv_heads;
   const i64 offset = s.tk - s.tq;  // absolute position of query 0
   for (i64 h = 0; h < s.q_heads; ++h) {

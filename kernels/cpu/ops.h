@@ -36,8 +36,8 @@ struct AttentionShape {
   float scale = 1.0f;                               // applied to q.k (1/sqrt(d) for LLaMA)
 };
 // `scratch` must hold tq * tk floats.
-void attention(const AttentionShape& s, const float* q, const float* k, const float* v,
-               float* out, float* scratch);
+void attention(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
+               float* scratch);
 
 // out[i] = silu(gate[i]) * up[i]
 void silu_mul(const float* gate, const float* up, i64 n, float* out);

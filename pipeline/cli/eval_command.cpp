@@ -66,8 +66,9 @@ LoadedModel load_model(const std::string& dir) {
 
 void add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "eval", "Perplexity of a model on evaluation tokens; with --reference, KL divergence, "
-              "top-1 agreement and per-block error against the FP model");
+      "eval",
+      "Perplexity of a model on evaluation tokens; with --reference, KL divergence, "
+      "top-1 agreement and per-block error against the FP model");
   struct Options {
     std::string model_dir, tokens, json, reference, dump_logits;
     std::int64_t seq_len = 0, max_seqs = 0;
@@ -92,12 +93,15 @@ void add_eval_command(CLI::App& app) {
     const LoadedModel m = load_model(o->model_dir);
     const auto& c = m.source->config();
     auto data = io::read_tokens(o->tokens);
-    std::int64_t seq_len = o->seq_len > 0    ? o->seq_len
-                           : data.seq_len > 0 ? data.seq_len
-                                              : std::min<std::int64_t>(2048, c.max_position_embeddings);
+    std::int64_t seq_len = o->seq_len > 0 ? o->seq_len
+                           : data.seq_len > 0
+                               ? data.seq_len
+                               : std::min<std::int64_t>(2048, c.max_position_embeddings);
     if (seq_len > c.max_position_embeddings)
-      fail(ErrorContext{.file = o->tokens}, "sequence length {} exceeds the model's "
-           "max_position_embeddings {}", seq_len, c.max_position_embeddings);
+      fail(ErrorContext{.file = o->tokens},
+           "sequence length {} exceeds the model's "
+           "max_position_embeddings {}",
+           seq_len, c.max_position_embeddings);
     std::int64_t n_seq = static_cast<std::int64_t>(data.tokens.size()) / seq_len;
     if (n_seq == 0)
       fail(ErrorContext{.file = o->tokens}, "{} tokens are fewer than one sequence of {}",
@@ -107,8 +111,10 @@ void add_eval_command(CLI::App& app) {
     if (dropped > 0) log::info("eval: {} trailing tokens not used", dropped);
     for (std::size_t i = 0; i < static_cast<std::size_t>(n_seq * seq_len); ++i)
       if (data.tokens[i] >= static_cast<std::uint64_t>(c.vocab_size))
-        fail(ErrorContext{.file = o->tokens}, "token {} at index {} is outside the vocabulary "
-             "({} ids)", data.tokens[i], i, c.vocab_size);
+        fail(ErrorContext{.file = o->tokens},
+             "token {} at index {} is outside the vocabulary "
+             "({} ids)",
+             data.tokens[i], i, c.vocab_size);
     log::info("eval: {} ({} layers, hidden {}) on {} x {} tokens from {}", o->model_dir,
               c.num_layers, c.hidden_size, n_seq, seq_len, o->tokens);
     const std::span tokens(data.tokens.data(), static_cast<std::size_t>(n_seq * seq_len));
@@ -132,10 +138,14 @@ void add_eval_command(CLI::App& app) {
     std::fflush(stdout);
     if (!o->dump_logits.empty()) io::write_npy_f32(o->dump_logits, r.logits);
     if (!o->json.empty()) {
-      nlohmann::json j = {{"model", o->model_dir}, {"tokens", o->tokens},
-                          {"n_seq", n_seq},        {"seq_len", seq_len},
-                          {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll},
-                          {"vocab_size", c.vocab_size}, {"seconds", r.seconds},
+      nlohmann::json j = {{"model", o->model_dir},
+                          {"tokens", o->tokens},
+                          {"n_seq", n_seq},
+                          {"seq_len", seq_len},
+                          {"perplexity", r.perplexity},
+                          {"mean_nll", r.mean_nll},
+                          {"vocab_size", c.vocab_size},
+                          {"seconds", r.seconds},
                           {"tokens_per_second", r.tokens_per_second}};
       io::write_file_atomic(o->json, j.dump(2) + "\n");
       log::info("eval: metrics written to {}", o->json);

@@ -29,8 +29,9 @@ void print_tensors(const std::vector<io::SafetensorsEntry>& entries, bool all) {
 }  // namespace
 
 void add_inspect_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("inspect", "Show what a model directory, .safetensors or token "
-                                            "file holds");
+  auto* cmd = app.add_subcommand("inspect",
+                                 "Show what a model directory, .safetensors or token "
+                                 "file holds");
   auto path = std::make_shared<std::string>();
   auto all = std::make_shared<bool>(false);
   cmd->add_option("PATH", *path, "Model directory, .safetensors file or token file")->required();
@@ -38,11 +39,11 @@ void add_inspect_command(CLI::App& app) {
   cmd->callback([path, all] {
     if (fs::is_directory(*path)) {
       const auto c = io::load_hf_config(*path);
-      fmt::print("{}: {} model, {} layers, hidden {}, intermediate {}, heads {} (kv {}), head_dim "
-                 "{}, vocab {}, max positions {}\n",
-                 *path, io::arch_name(c.arch), c.num_layers, c.hidden_size, c.intermediate_size,
-                 c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size,
-                 c.max_position_embeddings);
+      fmt::print(
+          "{}: {} model, {} layers, hidden {}, intermediate {}, heads {} (kv {}), head_dim "
+          "{}, vocab {}, max positions {}\n",
+          *path, io::arch_name(c.arch), c.num_layers, c.hidden_size, c.intermediate_size,
+          c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size, c.max_position_embeddings);
       const auto ckpt = io::Checkpoint::open(*path);
       std::vector<io::SafetensorsEntry> entries;
       for (const auto& n : ckpt.names()) entries.push_back(ckpt.entry(n));
@@ -58,8 +59,7 @@ void add_inspect_command(CLI::App& app) {
       std::uint32_t lo = UINT32_MAX, hi = 0;
       for (auto id : t.tokens) lo = std::min(lo, id), hi = std::max(hi, id);
       fmt::print("{}: {} tokens{}, ids in [{}, {}]\n", *path, t.tokens.size(),
-                 t.seq_len ? fmt::format(" ({} x {})", t.tokens.size() / t.seq_len, t.seq_len)
-                           : "",
+                 t.seq_len ? fmt::format(" ({} x {})", t.tokens.size() / t.seq_len, t.seq_len) : "",
                  t.tokens.empty() ? 0 : lo, hi);
     }
   });

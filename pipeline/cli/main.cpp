@@ -1,6 +1,5 @@
 // shardquant: post-training quantization of very large LLMs on HPC clusters.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <exception>
 
@@ -16,8 +15,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
   app.parse_complete_callback([&] {
     using sq::log::Level;
-    sq::log::set_level(level == "debug" ? Level::debug
-                       : level == "warn" ? Level::warn
+    sq::log::set_level(level == "debug"   ? Level::debug
+                       : level == "warn"  ? Level::warn
                        : level == "error" ? Level::error
                                           : Level::info);
   });

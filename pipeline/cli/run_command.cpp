@@ -8,8 +8,9 @@
 namespace sq::cli {
 
 void add_run_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("run", "Run a quantization recipe (YAML): calibration, "
-                                        "smoothing, weight quantization, export, evaluation");
+  auto* cmd = app.add_subcommand("run",
+                                 "Run a quantization recipe (YAML): calibration, "
+                                 "smoothing, weight quantization, export, evaluation");
   auto path = std::make_shared<std::string>();
   cmd->add_option("RECIPE", *path, "Recipe file (see configs/*.yaml)")->required();
   cmd->callback([path] {

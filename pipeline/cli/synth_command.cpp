@@ -11,20 +11,23 @@ namespace sq::cli {
 
 void add_synth_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "synth", "Write a synthetic Hugging Face model (config.json, sharded safetensors + index) "
-               "with planted outliers, plus calib.npy/eval.npy sampled from it");
+      "synth",
+      "Write a synthetic Hugging Face model (config.json, sharded safetensors + index) "
+      "with planted outliers, plus calib.npy/eval.npy sampled from it");
   auto spec = std::make_shared<model::SynthSpec>();
   auto out = std::make_shared<std::string>();
   auto arch = std::make_shared<std::string>("llama");
   auto dtype = std::make_shared<std::string>("bf16");
   auto shard_mb = std::make_shared<double>(0.0);
   auto threads = std::make_shared<int>(0);
-  cmd->add_option("--arch", *arch, "Architecture")->check(CLI::IsMember({"llama", "opt"}))
+  cmd->add_option("--arch", *arch, "Architecture")
+      ->check(CLI::IsMember({"llama", "opt"}))
       ->capture_default_str();
   cmd->add_option("--out,-o", *out, "Output directory (must not exist or be empty)")->required();
   cmd->add_option("--hidden", spec->hidden, "Hidden size")->capture_default_str();
   cmd->add_option("--intermediate", spec->intermediate,
-                  "MLP width (0: LLaMA ~8/3 hidden, OPT 4 x hidden)")->capture_default_str();
+                  "MLP width (0: LLaMA ~8/3 hidden, OPT 4 x hidden)")
+      ->capture_default_str();
   cmd->add_option("--layers", spec->layers, "Number of decoder blocks")->capture_default_str();
   cmd->add_option("--heads", spec->heads, "Attention heads")->capture_default_str();
   cmd->add_option("--kv-heads", spec->kv_heads, "KV heads (0: LLaMA heads/2, OPT heads)")
@@ -33,10 +36,12 @@ void add_synth_command(CLI::App& app) {
   cmd->add_option("--max-positions", spec->max_positions, "max_position_embeddings")
       ->capture_default_str();
   cmd->add_option("--dtype", *dtype, "Stored weight dtype")
-      ->check(CLI::IsMember({"f32", "f16", "bf16"}))->capture_default_str();
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
+      ->capture_default_str();
   cmd->add_option("--seed", spec->seed, "Seed: same seed, same bytes")->capture_default_str();
   cmd->add_option("--outlier-fraction", spec->outlier_fraction,
-                  "Fraction of hidden channels with outlier norm weights")->capture_default_str();
+                  "Fraction of hidden channels with outlier norm weights")
+      ->capture_default_str();
   cmd->add_option("--min-outliers", spec->min_outliers, "At least this many outlier channels")
       ->capture_default_str();
   cmd->add_option("--outlier-scale", spec->outlier_scale, "Norm weight factor of outliers")

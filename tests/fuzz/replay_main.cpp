@@ -54,10 +54,18 @@ int main(int argc, char** argv) {
     for (int e = 0; e < edits && !input.empty(); ++e) {
       const std::size_t at = rng.below(input.size());
       switch (rng.below(5)) {
-        case 0: input[at] ^= std::uint8_t(1u << rng.below(8)); break;
-        case 1: input[at] = std::uint8_t(rng.below(256)); break;
-        case 2: input.resize(at); break;
-        case 3: input.insert(input.begin() + at, std::uint8_t(rng.below(256))); break;
+        case 0:
+          input[at] ^= std::uint8_t(1u << rng.below(8));
+          break;
+        case 1:
+          input[at] = std::uint8_t(rng.below(256));
+          break;
+        case 2:
+          input.resize(at);
+          break;
+        case 3:
+          input.insert(input.begin() + at, std::uint8_t(rng.below(256)));
+          break;
         case 4: {  // splice in a run from another seed (headers into buffers and back)
           const auto& other = seeds[rng.below(seeds.size())];
           const std::size_t from = rng.below(other.size()), len = rng.below(64);

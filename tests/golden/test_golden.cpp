@@ -90,8 +90,8 @@ TEST_P(GoldenTest, LogitsAndPerplexityMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest,
-                         ::testing::Values("llama_gqa_llama3", "llama_tied_bias_linear",
-                                           "opt_tiny", "opt_project"));
+                         ::testing::Values("llama_gqa_llama3", "llama_tied_bias_linear", "opt_tiny",
+                                           "opt_project"));
 
 // The interleaved-pair RoPE (GPT-J / Meta's original code) is a different function: the goldens
 // must reject it, or they could not catch a convention mix-up.

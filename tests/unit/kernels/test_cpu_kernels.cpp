@@ -682,10 +682,12 @@ TEST(CpuElementwise, GeluTanhMatchesFormula) {
   double max_vs_erf = 0.0;
   for (std::size_t i = 0; i < x.size(); ++i) {
     const double v = x[i];
-    const double ref = 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+    const double ref =
+        0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
     // fp32 tanh and cubic: a few ulp of the result.
     EXPECT_NEAR(y[i], ref, 1e-6 * std::max(1.0, std::abs(ref))) << v;
-    max_vs_erf = std::max(max_vs_erf, std::abs(ref - 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)))));
+    max_vs_erf =
+        std::max(max_vs_erf, std::abs(ref - 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)))));
   }
   EXPECT_GT(max_vs_erf, 1e-4);
 }

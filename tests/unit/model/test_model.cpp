@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <iterator>
 
 #include "io/safetensors.h"
@@ -146,13 +146,15 @@ TEST(Forward, KvCachedDecodingMatchesFullForward) {
       const model::Batch batch{.n_seq = n_seq, .seq_len = 1, .past = t};
       Tensor h = model::embed(c, emb, step, batch);
       for (int l = 0; l < m.num_layers(); ++l)
-        model::block_forward(c, blocks[l], batch, h, {.inv_freq = inv_freq, .cache = &cache, .layer = l});
+        model::block_forward(c, blocks[l], batch, h,
+                             {.inv_freq = inv_freq, .cache = &cache, .layer = l});
       const Tensor logits = model::head_logits(c, head, h.data<float>(), n_seq);
       for (std::int64_t s = 0; s < n_seq; ++s)
         for (std::int64_t v = 0; v < c.vocab_size; ++v) {
           const float ref = full.logits.data<float>()[(s * len + t) * c.vocab_size + v];
           max_abs = std::max(max_abs, double(std::abs(ref)));
-          max_err = std::max(max_err, double(std::abs(ref - logits.data<float>()[s * c.vocab_size + v])));
+          max_err =
+              std::max(max_err, double(std::abs(ref - logits.data<float>()[s * c.vocab_size + v])));
         }
     }
     // Same arithmetic in a different order (one-row GEMMs, per-step softmax): fp32 rounding only.
@@ -217,7 +219,8 @@ void expect_refused(const std::string& dir, const std::string& tensor, const std
 
 TEST(ModelOpen, RefusesMissingTensor) {
   const auto dir = edited_fixture("missing", [](auto& t) {
-    std::erase_if(t, [](const auto& nt) { return nt.first == "model.layers.1.mlp.up_proj.weight"; });
+    std::erase_if(t,
+                  [](const auto& nt) { return nt.first == "model.layers.1.mlp.up_proj.weight"; });
   });
   expect_refused(dir, "model.layers.1.mlp.up_proj.weight", "missing");
 }

@@ -2,9 +2,8 @@
 // boundary of LLaMA (RMSNorm, RoPE, GQA, SwiGLU) and OPT (LayerNorm, biases, ReLU) blocks, where
 // scale, shift, permutation, split and their compositions leave the FP block output unchanged,
 // merges change the consumer output by exactly the predicted amount, and every refusal refuses.
-#include "stages/channel_transform.h"
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -17,13 +16,12 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "core/random.h"
 #include "kernels/cpu/ops.h"
 #include "model/forward.h"
 #include "model/synth.h"
 #include "model/weights.h"
+#include "stages/channel_transform.h"
 
 namespace sq {
 namespace {
@@ -137,20 +135,28 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
 
 model::Site producer_site(Boundary b) {
   switch (b) {
-    case Boundary::attn_norm_to_qkv: return model::Site::qkv_in;
-    case Boundary::mlp_norm_to_mlp: return model::Site::mlp_in;
-    case Boundary::v_to_o: return model::Site::attn_v;
-    case Boundary::up_to_down: return model::Site::down_in;
+    case Boundary::attn_norm_to_qkv:
+      return model::Site::qkv_in;
+    case Boundary::mlp_norm_to_mlp:
+      return model::Site::mlp_in;
+    case Boundary::v_to_o:
+      return model::Site::attn_v;
+    case Boundary::up_to_down:
+      return model::Site::down_in;
   }
   return model::Site::qkv_in;
 }
 
 i64 width(const model::BlockWeights& w, Boundary b) {
   switch (b) {
-    case Boundary::attn_norm_to_qkv: return w.attn_norm.out_features();
-    case Boundary::mlp_norm_to_mlp: return w.mlp_norm.out_features();
-    case Boundary::v_to_o: return w.v.out_features();
-    case Boundary::up_to_down: return w.up.out_features();
+    case Boundary::attn_norm_to_qkv:
+      return w.attn_norm.out_features();
+    case Boundary::mlp_norm_to_mlp:
+      return w.mlp_norm.out_features();
+    case Boundary::v_to_o:
+      return w.v.out_features();
+    case Boundary::up_to_down:
+      return w.up.out_features();
   }
   return 0;
 }
@@ -233,13 +239,17 @@ Allowed allowed(const io::ModelConfig& c, Boundary b) {
   Allowed a;
   switch (b) {
     case Boundary::attn_norm_to_qkv:
-    case Boundary::mlp_norm_to_mlp: a.shift = c.norm == io::NormKind::layer; break;
+    case Boundary::mlp_norm_to_mlp:
+      a.shift = c.norm == io::NormKind::layer;
+      break;
     case Boundary::v_to_o:
       a.shift = true;
       a.split = false;
       a.any_permutation = false;
       break;
-    case Boundary::up_to_down: a.negative_scale = c.activation != io::Activation::relu; break;
+    case Boundary::up_to_down:
+      a.negative_scale = c.activation != io::Activation::relu;
+      break;
   }
   return a;
 }
@@ -296,9 +306,8 @@ std::vector<Case> cases(const ArchModel& s, Boundary b) {
     return t;
   };
   const std::string z = a.shift ? "+shift" : "";
-  std::vector<Case> out = {{"scale", {scale}},
-                           {"permutation", {permute}},
-                           {"merge-map permutation", {merge_permute}}};
+  std::vector<Case> out = {
+      {"scale", {scale}}, {"permutation", {permute}}, {"merge-map permutation", {merge_permute}}};
   if (a.shift) out.push_back({"shift+scale", {shift}});
   if (a.split) out.push_back({"split", {split}});
   out.push_back({(a.split ? "split+perm+scale" : "perm+scale") + z, {all}});
@@ -415,8 +424,8 @@ void check_equivalence(io::Arch arch) {
         const double e_block = rel_err(y2, y), e_producer = rel_err(after.values, expected);
         EXPECT_LE(e_block, kTolerance) << io::arch_name(arch) << " " << stages::boundary_name(b)
                                        << " " << c.name << " layer " << layer;
-        EXPECT_LE(e_producer, kTolerance) << io::arch_name(arch) << " "
-                                          << stages::boundary_name(b) << " " << c.name;
+        EXPECT_LE(e_producer, kTolerance)
+            << io::arch_name(arch) << " " << stages::boundary_name(b) << " " << c.name;
         // The untouched original still gives the same output (nothing was written in place).
         EXPECT_EQ(run(s, original), y);
         max_block = std::max(max_block, e_block);
@@ -435,9 +444,7 @@ void check_equivalence(io::Arch arch) {
 TEST(ChannelTransformFold, LlamaOutputUnchangedAtEveryBoundary) {
   check_equivalence(io::Arch::llama);
 }
-TEST(ChannelTransformFold, OptOutputUnchangedAtEveryBoundary) {
-  check_equivalence(io::Arch::opt);
-}
+TEST(ChannelTransformFold, OptOutputUnchangedAtEveryBoundary) { check_equivalence(io::Arch::opt); }
 
 // The last (composed) case of every boundary, all folded into one block.
 TEST(ChannelTransformFold, EveryBoundaryAtOnce) {
@@ -535,8 +542,8 @@ TEST(ChannelTransformMerge, MergingTwoNormChannelsChangesTheConsumerAsPredicted)
   for (auto arch : {io::Arch::llama, io::Arch::opt}) {
     const ArchModel& s = setup(arch);
     for (Boundary b : {Boundary::attn_norm_to_qkv, Boundary::mlp_norm_to_mlp}) {
-      const auto role = b == Boundary::attn_norm_to_qkv ? model::LinearRole::q
-                                                        : model::LinearRole::up;
+      const auto role =
+          b == Boundary::attn_norm_to_qkv ? model::LinearRole::q : model::LinearRole::up;
       const model::BlockWeights& original = s.blocks[0];
       const i64 n = width(original, b), a = 5, c = 41;
       Capture before(producer_site(b));
@@ -562,10 +569,11 @@ TEST(ChannelTransformMerge, MergingTwoNormChannelsChangesTheConsumerAsPredicted)
         }
       const double e = rel_err(change, predicted);
       const double size = std::sqrt(sum_squares(predicted) / sum_squares(old_out));
-      std::printf("MERGE  %-6s %-17s channels %lld,%lld: |change - predicted| / |predicted| %.2e "
-                  "(|predicted| / |output| %.2e)\n",
-                  io::arch_name(arch).c_str(), std::string(stages::boundary_name(b)).c_str(),
-                  static_cast<long long>(a), static_cast<long long>(c), e, size);
+      std::printf(
+          "MERGE  %-6s %-17s channels %lld,%lld: |change - predicted| / |predicted| %.2e "
+          "(|predicted| / |output| %.2e)\n",
+          io::arch_name(arch).c_str(), std::string(stages::boundary_name(b)).c_str(),
+          static_cast<long long>(a), static_cast<long long>(c), e, size);
       // The merge does change the output (the test is not vacuous), by the predicted amount up
       // to fp32 rounding of the consumer output.
       EXPECT_GT(size, 1e-3);
@@ -603,8 +611,10 @@ TEST(ChannelTransformMerge, MergingAfterReluChangesFc2ByTheMergedActivation) {
     }
   }
   const double e = rel_err(change, predicted);
-  std::printf("MERGE  opt    up_to_down        channels %lld,%lld: |change - predicted| / "
-              "|predicted| %.2e\n", static_cast<long long>(a), static_cast<long long>(c), e);
+  std::printf(
+      "MERGE  opt    up_to_down        channels %lld,%lld: |change - predicted| / "
+      "|predicted| %.2e\n",
+      static_cast<long long>(a), static_cast<long long>(c), e);
   EXPECT_LE(e, 1e-3);
 }
 
@@ -679,8 +689,8 @@ TEST(ChannelTransformRefusal, NegativeScaleBeforeRelu) {
   auto neg = ones(l.config.intermediate_size);
   neg[17] = -2.0f;
   model::BlockWeights w = l.blocks[0];
-  EXPECT_NO_THROW(stages::apply_transform(l.config, w, Boundary::up_to_down,
-                                          ChannelTransform::scaling(neg)));
+  EXPECT_NO_THROW(
+      stages::apply_transform(l.config, w, Boundary::up_to_down, ChannelTransform::scaling(neg)));
 }
 
 TEST(ChannelTransformRefusal, ShiftAtUpToDown) {
