@@ -184,40 +184,18 @@ std::string_view site_name(Site site) {
   return "?";
 }
 
-void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch& batch,
-                   Tensor& hidden, const BlockContext& ctx) {
+namespace {
+void run_hook(const BlockContext& ctx, Site site, Tensor& t) {
+  if (ctx.hook != nullptr) ctx.hook->at(site, t.mutable_data<float>(), t.dim(0), t.dim(1));
+}
+}  // namespace
+
+Tensor attend(const io::ModelConfig& c, Tensor& q, Tensor& k, Tensor& v, const Batch& batch,
+              const BlockContext& ctx) {
   KVCache* cache = ctx.cache;
   const int layer = ctx.layer;
-  auto hook = [&](Site site, Tensor& t) {
-    if (ctx.hook != nullptr) ctx.hook->at(site, t.mutable_data<float>(), t.dim(0), t.dim(1));
-  };
-  const i64 T = batch.tokens(), H = c.hidden_size, D = c.head_dim;
-  // Widths come from the weights: channel transforms (stages/channel_transform.h) may widen or
-  // narrow a norm's output (split, merge) and the MLP's inner width.
-  const i64 qd = w.q.out_features(), kvd = w.k.out_features();
-  const i64 ka = w.attn_norm.out_features(), km = w.mlp_norm.out_features();
-  SQ_CHECK(hidden.numel() == T * H, "hidden {} vs {} tokens", hidden.describe(), T);
-  SQ_CHECK(qd == c.num_heads * D && kvd == c.num_kv_heads * D && w.v.out_features() == kvd,
-           "q/k/v widths {}/{}/{} do not fit {} heads, {} kv heads of {}", qd, kvd,
-           w.v.out_features(), c.num_heads, c.num_kv_heads, D);
-  SQ_CHECK(w.q.in_features() == ka && w.k.in_features() == ka && w.v.in_features() == ka,
-           "q/k/v read {} channels, the attention norm writes {}", w.q.in_features(), ka);
-  SQ_CHECK(w.o.in_features() == qd && w.o.out_features() == H, "o {} for q width {}",
-           w.o.weight.describe(), qd);
-  float* h = hidden.mutable_data<float>();
-
-  // --- attention sub-block ---
-  Tensor xn = Tensor::zeros(DType::f32, {T, ka});
-  apply_norm(c, w.attn_norm, h, T, H, xn.mutable_data<float>());
-  hook(Site::qkv_in, xn);
-  Tensor q = Tensor::zeros(DType::f32, {T, qd});
-  Tensor k = Tensor::zeros(DType::f32, {T, kvd});
-  Tensor v = Tensor::zeros(DType::f32, {T, kvd});
-  const float* x = xn.data<float>();
-  cpu::linear(x, T, ka, w.q.weight.data<float>(), w.q.bias_or_null(), qd, q.mutable_data<float>());
-  cpu::linear(x, T, ka, w.k.weight.data<float>(), w.k.bias_or_null(), kvd, k.mutable_data<float>());
-  cpu::linear(x, T, ka, w.v.weight.data<float>(), w.v.bias_or_null(), kvd, v.mutable_data<float>());
-
+  auto hook = [&](Site site, Tensor& t) { run_hook(ctx, site, t); };
+  const i64 T = batch.tokens(), D = c.head_dim, qd = q.dim(1), kvd = k.dim(1);
   if (c.positions == io::PositionKind::rope) {
     std::vector<i64> positions(static_cast<std::size_t>(batch.seq_len));
     for (i64 t = 0; t < batch.seq_len; ++t) positions[t] = batch.past + t;
@@ -259,6 +237,40 @@ void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch&
     cpu::attention(shape, q.data<float>() + s * batch.seq_len * qd, ks, vs,
                    attn.mutable_data<float>() + s * batch.seq_len * qd, scratch.data());
   }
+  return attn;
+}
+
+void block_forward(const io::ModelConfig& c, const BlockWeights& w, const Batch& batch,
+                   Tensor& hidden, const BlockContext& ctx) {
+  auto hook = [&](Site site, Tensor& t) { run_hook(ctx, site, t); };
+  const i64 T = batch.tokens(), H = c.hidden_size, D = c.head_dim;
+  // Widths come from the weights: channel transforms (stages/channel_transform.h) may widen or
+  // narrow a norm's output (split, merge) and the MLP's inner width.
+  const i64 qd = w.q.out_features(), kvd = w.k.out_features();
+  const i64 ka = w.attn_norm.out_features(), km = w.mlp_norm.out_features();
+  SQ_CHECK(hidden.numel() == T * H, "hidden {} vs {} tokens", hidden.describe(), T);
+  SQ_CHECK(qd == c.num_heads * D && kvd == c.num_kv_heads * D && w.v.out_features() == kvd,
+           "q/k/v widths {}/{}/{} do not fit {} heads, {} kv heads of {}", qd, kvd,
+           w.v.out_features(), c.num_heads, c.num_kv_heads, D);
+  SQ_CHECK(w.q.in_features() == ka && w.k.in_features() == ka && w.v.in_features() == ka,
+           "q/k/v read {} channels, the attention norm writes {}", w.q.in_features(), ka);
+  SQ_CHECK(w.o.in_features() == qd && w.o.out_features() == H, "o {} for q width {}",
+           w.o.weight.describe(), qd);
+  float* h = hidden.mutable_data<float>();
+
+  // --- attention sub-block ---
+  Tensor xn = Tensor::zeros(DType::f32, {T, ka});
+  apply_norm(c, w.attn_norm, h, T, H, xn.mutable_data<float>());
+  hook(Site::qkv_in, xn);
+  Tensor q = Tensor::zeros(DType::f32, {T, qd});
+  Tensor k = Tensor::zeros(DType::f32, {T, kvd});
+  Tensor v = Tensor::zeros(DType::f32, {T, kvd});
+  const float* x = xn.data<float>();
+  cpu::linear(x, T, ka, w.q.weight.data<float>(), w.q.bias_or_null(), qd, q.mutable_data<float>());
+  cpu::linear(x, T, ka, w.k.weight.data<float>(), w.k.bias_or_null(), kvd, k.mutable_data<float>());
+  cpu::linear(x, T, ka, w.v.weight.data<float>(), w.v.bias_or_null(), kvd, v.mutable_data<float>());
+
+  Tensor attn = attend(c, q, k, v, batch, ctx);
   hook(Site::o_in, attn);
   Tensor o = Tensor::zeros(DType::f32, {T, H});
   cpu::linear(attn.data<float>(), T, qd, w.o.weight.data<float>(), w.o.bias_or_null(), H,

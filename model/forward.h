@@ -68,6 +68,12 @@ struct BlockContext {
   ActivationHook* hook = nullptr;
 };
 
+// The attention core of a block: RoPE on q and k (in place), the attention-input hooks, then
+// causal GQA attention per sequence (through the KV cache when there is one). q is
+// [tokens, heads * head_dim], k and v [tokens, kv_heads * head_dim]; returns [tokens, q width].
+Tensor attend(const io::ModelConfig& config, Tensor& q, Tensor& k, Tensor& v, const Batch& batch,
+              const BlockContext& context);
+
 // hidden: f32 [batch.tokens(), hidden], updated in place (the residual stream).
 void block_forward(const io::ModelConfig& config, const BlockWeights& weights, const Batch& batch,
                    Tensor& hidden, const BlockContext& context = {});

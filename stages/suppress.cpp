@@ -96,34 +96,8 @@ Tensor apply_linear(const model::Linear& l, const Tensor& x) {
 Tensor attention_output(const io::ModelConfig& c, const model::Linear& q, const model::Linear& k,
                         const model::Linear& v, const Tensor& x, const model::Batch& batch) {
   Tensor Q = apply_linear(q, x), K = apply_linear(k, x), V = apply_linear(v, x);
-  const i64 qd = q.out_features(), kvd = k.out_features(), D = c.head_dim, L = batch.seq_len;
-  if (c.positions == io::PositionKind::rope) {
-    const auto inv_freq = model::rope_inv_freq(c);
-    std::vector<i64> pos(static_cast<std::size_t>(L));
-    for (i64 t = 0; t < L; ++t) pos[t] = t;
-    for (i64 s = 0; s < batch.n_seq; ++s) {
-      cpu::rope_rotate_half(Q.mutable_data<float>() + s * L * qd, L, c.num_heads, D, qd, pos.data(),
-                            inv_freq.data());
-      cpu::rope_rotate_half(K.mutable_data<float>() + s * L * kvd, L, c.num_kv_heads, D, kvd,
-                            pos.data(), inv_freq.data());
-    }
-  }
-  Tensor out = Tensor::zeros(DType::f32, {batch.tokens(), qd});
-  std::vector<float> scratch(static_cast<std::size_t>(L * L));
-  const cpu::AttentionShape shape{.tq = L,
-                                  .tk = L,
-                                  .q_heads = c.num_heads,
-                                  .kv_heads = c.num_kv_heads,
-                                  .head_dim = D,
-                                  .q_stride = qd,
-                                  .kv_stride = kvd,
-                                  .out_stride = qd,
-                                  .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
-  for (i64 s = 0; s < batch.n_seq; ++s)
-    cpu::attention(shape, Q.data<float>() + s * L * qd, K.data<float>() + s * L * kvd,
-                   V.data<float>() + s * L * kvd, out.mutable_data<float>() + s * L * qd,
-                   scratch.data());
-  return out;
+  const auto inv_freq = model::rope_inv_freq(c);
+  return model::attend(c, Q, K, V, batch, {.inv_freq = inv_freq});
 }
 
 // The MLP's first half: fc1 output (OPT) or silu(gate) * up (LLaMA), what down/fc2 consumes
