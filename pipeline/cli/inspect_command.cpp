@@ -3,8 +3,10 @@
 
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
@@ -38,7 +40,17 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_flag("--tensors", *all, "List every tensor");
   cmd->callback([path, all] {
     if (fs::is_directory(*path)) {
-      const auto c = io::load_hf_config(*path);
+      // An export carries quantization_config, which the FP config parser refuses: describe it
+      // here and parse the rest.
+      const std::string config_file = (fs::path(*path) / "config.json").string();
+      auto json = nlohmann::json::parse(io::read_text_file(config_file), nullptr, false);
+      if (json.is_discarded()) fail(ErrorContext{.file = config_file}, "invalid JSON");
+      if (json.is_object() && json.contains("quantization_config")) {
+        const auto& q = json["quantization_config"];
+        fmt::print("{}: quantized checkpoint: {}\n", *path, q.dump());
+        json.erase("quantization_config");
+      }
+      const auto c = io::parse_hf_config(json, config_file);
       fmt::print(
           "{}: {} model, {} layers, hidden {}, intermediate {}, heads {} (kv {}), head_dim "
           "{}, vocab {}, max positions {}\n",

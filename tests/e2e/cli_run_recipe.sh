@@ -63,4 +63,5 @@ before=$(cd "$work/runs/w8a8" && find . -type f -exec sha256sum {} + | sort | sh
 expect_error "run into a non-empty directory" "runs/w8a8" $sq run "$work/w8a8.yaml"
 after=$(cd "$work/runs/w8a8" && find . -type f -exec sha256sum {} + | sort | sha256sum)
 [[ $before == "$after" ]] || fail "the refused run changed the existing run directory"
+$sq inspect "$work/runs/w8a8/export" | grep -q "quantized checkpoint" || fail "inspect of an export"
 echo "all run checks passed"
