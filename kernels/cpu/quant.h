@@ -143,9 +143,8 @@ i64 packed_words(i64 cols, int bits);
 // i*b .. i*b + b - 1 of the row's bit stream, i.e. starts at bit (i*b) % 32 of word (i*b) / 32,
 // least significant first; a value may straddle two words (low bits in the first). Rows are
 // padded with zero bits to whole words: packed is [rows, packed_words(cols, bits)].
-// For bits 2, 4 and 8 this is exactly compressed-tensors' pack-quantized layout. For 3, 5, 6, 7
-// it is NOT: compressed-tensors' pack_to_int32 stores floor(32 / b) values per word and never
-// straddles, so do not label such tensors pack-quantized.
+// This is compressed-tensors' pack-quantized layout for every width: its pack_to_int32 (0.20)
+// packs densely, splitting values across int32 boundaries, into ceil(cols * b / 32) words.
 // pack throws sq::Error if a value lies outside [-2^(b-1), 2^(b-1) - 1] or bits is not 2..8.
 void pack_quantized(const std::int8_t* q, i64 rows, i64 cols, int bits, std::int32_t* packed);
 void unpack_quantized(const std::int32_t* packed, i64 rows, i64 cols, int bits, std::int8_t* q);
