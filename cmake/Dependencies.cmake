@@ -5,6 +5,8 @@ find_package(CLI11 REQUIRED)
 find_package(Threads REQUIRED)
 # Recipes are YAML in every build, single-rank included (`shardquant run` needs them).
 find_package(yaml-cpp REQUIRED)
+# SHA-256 of checkpoint files (io/digest) in every build: libcrypto from libssl-dev.
+find_package(OpenSSL REQUIRED)
 
 # OpenBLAS: Debian ships the CBLAS interface in libopenblas-dev (pkg-config "openblas").
 find_package(PkgConfig REQUIRED)

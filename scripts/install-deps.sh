@@ -9,7 +9,7 @@ packages=(
   libopenmpi-dev openmpi-bin libhdf5-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  libopenblas-dev
+  libopenblas-dev libssl-dev
   python3 python3-venv
 )
 
