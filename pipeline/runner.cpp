@@ -29,35 +29,6 @@ double since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Token data cut into n_seq sequences of seq_len, as the recipe asks.
-struct Tokens {
-  std::vector<std::uint32_t> ids;
-  i64 n_seq = 0, seq_len = 0;
-};
-
-Tokens load_tokens(const std::string& path, std::optional<i64> seq_len, std::optional<i64> cap,
-                   const io::ModelConfig& c) {
-  auto data = io::read_tokens(path);
-  Tokens t;
-  t.seq_len = seq_len.value_or(data.seq_len > 0 ? data.seq_len
-                                                : std::min<i64>(2048, c.max_position_embeddings));
-  if (t.seq_len > c.max_position_embeddings)
-    fail(ErrorContext{.file = path}, "sequence length {} exceeds max_position_embeddings {}",
-         t.seq_len, c.max_position_embeddings);
-  t.n_seq = static_cast<i64>(data.tokens.size()) / t.seq_len;
-  if (cap) t.n_seq = std::min(t.n_seq, *cap);
-  if (t.n_seq == 0)
-    fail(ErrorContext{.file = path}, "{} tokens are fewer than one sequence of {}",
-         data.tokens.size(), t.seq_len);
-  data.tokens.resize(static_cast<std::size_t>(t.n_seq * t.seq_len));
-  for (std::size_t i = 0; i < data.tokens.size(); ++i)
-    if (data.tokens[i] >= static_cast<std::uint64_t>(c.vocab_size))
-      fail(ErrorContext{.file = path}, "token {} at index {} is outside the vocabulary ({} ids)",
-           data.tokens[i], i, c.vocab_size);
-  t.ids = std::move(data.tokens);
-  return t;
-}
-
 // Deep copy: stages transform weights in place, and a block of an F32 checkpoint is a read-only
 // view of the mapped file.
 model::BlockWeights own(const model::BlockWeights& w) {
@@ -141,6 +112,31 @@ class Progress {
 
 }  // namespace
 
+TokenSet load_token_set(const std::string& path, std::optional<i64> seq_len, std::optional<i64> cap,
+                        const io::ModelConfig& c) {
+  auto data = io::read_tokens(path);
+  TokenSet t;
+  t.seq_len = seq_len.value_or(data.seq_len > 0 ? data.seq_len
+                                                : std::min<i64>(2048, c.max_position_embeddings));
+  if (t.seq_len > c.max_position_embeddings)
+    fail(ErrorContext{.file = path}, "sequence length {} exceeds max_position_embeddings {}",
+         t.seq_len, c.max_position_embeddings);
+  t.n_seq = static_cast<i64>(data.tokens.size()) / t.seq_len;
+  if (cap) t.n_seq = std::min(t.n_seq, *cap);
+  if (t.n_seq == 0)
+    fail(ErrorContext{.file = path}, "{} tokens are fewer than one sequence of {}",
+         data.tokens.size(), t.seq_len);
+  const auto dropped = data.tokens.size() - static_cast<std::size_t>(t.n_seq * t.seq_len);
+  if (dropped > 0) log::info("{}: {} trailing tokens not used", path, dropped);
+  data.tokens.resize(static_cast<std::size_t>(t.n_seq * t.seq_len));
+  for (std::size_t i = 0; i < data.tokens.size(); ++i)
+    if (data.tokens[i] >= static_cast<std::uint64_t>(c.vocab_size))
+      fail(ErrorContext{.file = path}, "token {} at index {} is outside the vocabulary ({} ids)",
+           data.tokens[i], i, c.vocab_size);
+  t.ids = std::move(data.tokens);
+  return t;
+}
+
 RunSummary run_recipe(const io::Recipe& recipe) {
   const auto start = Clock::now();
   // Everything that can be refused is refused before the run directory is created: nothing
@@ -162,9 +158,9 @@ RunSummary run_recipe(const io::Recipe& recipe) {
       throw e.with_file(recipe.file);
     }
   }
-  const Tokens calib = load_tokens(recipe.data.calibration, recipe.data.seq_len,
-                                   recipe.data.calibration_sequences, c);
-  if (recipe.data.evaluation) load_tokens(*recipe.data.evaluation, recipe.data.seq_len, {}, c);
+  const TokenSet calib = load_token_set(recipe.data.calibration, recipe.data.seq_len,
+                                        recipe.data.calibration_sequences, c);
+  if (recipe.data.evaluation) load_token_set(*recipe.data.evaluation, recipe.data.seq_len, {}, c);
   fs::create_directories(recipe.output_dir, ec);
   if (ec) fail(ErrorContext{.file = recipe.output_dir}, "cannot create: {}", ec.message());
   const i64 mb = recipe.data.micro_batch;
@@ -258,7 +254,7 @@ RunSummary run_recipe(const io::Recipe& recipe) {
         c, model.load_embedding(), model.load_head(), std::move(blocks), scheme);
   }
   if (recipe.data.evaluation) {
-    const Tokens eval = load_tokens(*recipe.data.evaluation, recipe.data.seq_len, {}, c);
+    const TokenSet eval = load_token_set(*recipe.data.evaluation, recipe.data.seq_len, {}, c);
     log::info("evaluation: {} x {} tokens from {}", eval.n_seq, eval.seq_len,
               *recipe.data.evaluation);
     summary.comparison = model::compare(*quantized, model::CheckpointSource(model), eval.ids,

@@ -92,32 +92,13 @@ void add_eval_command(CLI::App& app) {
     set_threads(o->threads);
     const LoadedModel m = load_model(o->model_dir);
     const auto& c = m.source->config();
-    auto data = io::read_tokens(o->tokens);
-    std::int64_t seq_len = o->seq_len > 0 ? o->seq_len
-                           : data.seq_len > 0
-                               ? data.seq_len
-                               : std::min<std::int64_t>(2048, c.max_position_embeddings);
-    if (seq_len > c.max_position_embeddings)
-      fail(ErrorContext{.file = o->tokens},
-           "sequence length {} exceeds the model's "
-           "max_position_embeddings {}",
-           seq_len, c.max_position_embeddings);
-    std::int64_t n_seq = static_cast<std::int64_t>(data.tokens.size()) / seq_len;
-    if (n_seq == 0)
-      fail(ErrorContext{.file = o->tokens}, "{} tokens are fewer than one sequence of {}",
-           data.tokens.size(), seq_len);
-    if (o->max_seqs > 0) n_seq = std::min(n_seq, o->max_seqs);
-    const auto dropped = data.tokens.size() - static_cast<std::size_t>(n_seq * seq_len);
-    if (dropped > 0) log::info("eval: {} trailing tokens not used", dropped);
-    for (std::size_t i = 0; i < static_cast<std::size_t>(n_seq * seq_len); ++i)
-      if (data.tokens[i] >= static_cast<std::uint64_t>(c.vocab_size))
-        fail(ErrorContext{.file = o->tokens},
-             "token {} at index {} is outside the vocabulary "
-             "({} ids)",
-             data.tokens[i], i, c.vocab_size);
+    const auto data = pipeline::load_token_set(
+        o->tokens, o->seq_len > 0 ? std::optional(o->seq_len) : std::nullopt,
+        o->max_seqs > 0 ? std::optional(o->max_seqs) : std::nullopt, c);
+    const std::int64_t n_seq = data.n_seq, seq_len = data.seq_len;
     log::info("eval: {} ({} layers, hidden {}) on {} x {} tokens from {}", o->model_dir,
               c.num_layers, c.hidden_size, n_seq, seq_len, o->tokens);
-    const std::span tokens(data.tokens.data(), static_cast<std::size_t>(n_seq * seq_len));
+    const std::span<const std::uint32_t> tokens(data.ids);
     const model::EvalOptions options{.keep_logits = !o->dump_logits.empty()};
 
     if (!o->reference.empty()) {
