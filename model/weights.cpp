@@ -67,45 +67,24 @@ const Linear& BlockWeights::linear(LinearRole role) const {
 
 namespace {
 std::string_view hf_linear(io::Arch arch, LinearRole role) {
-  switch (arch) {
-    case io::Arch::llama:
-      switch (role) {
-        case LinearRole::q:
-          return "self_attn.q_proj";
-        case LinearRole::k:
-          return "self_attn.k_proj";
-        case LinearRole::v:
-          return "self_attn.v_proj";
-        case LinearRole::o:
-          return "self_attn.o_proj";
-        case LinearRole::gate:
-          return "mlp.gate_proj";
-        case LinearRole::up:
-          return "mlp.up_proj";
-        case LinearRole::down:
-          return "mlp.down_proj";
-      }
-      break;
-    case io::Arch::opt:
-      switch (role) {
-        case LinearRole::q:
-          return "self_attn.q_proj";
-        case LinearRole::k:
-          return "self_attn.k_proj";
-        case LinearRole::v:
-          return "self_attn.v_proj";
-        case LinearRole::o:
-          return "self_attn.out_proj";
-        case LinearRole::gate:
-          fail("OPT has no gate projection");
-        case LinearRole::up:
-          return "fc1";
-        case LinearRole::down:
-          return "fc2";
-      }
-      break;
-    case io::Arch::bloom:
-      break;  // refused by TensorNames::canonical
+  // q/k/v are spelled alike; o and the MLP differ between the families.
+  const bool opt = arch == io::Arch::opt;
+  switch (role) {
+    case LinearRole::q:
+      return "self_attn.q_proj";
+    case LinearRole::k:
+      return "self_attn.k_proj";
+    case LinearRole::v:
+      return "self_attn.v_proj";
+    case LinearRole::o:
+      return opt ? "self_attn.out_proj" : "self_attn.o_proj";
+    case LinearRole::gate:
+      if (opt) fail("OPT has no gate projection");
+      return "mlp.gate_proj";
+    case LinearRole::up:
+      return opt ? "fc1" : "mlp.up_proj";
+    case LinearRole::down:
+      return opt ? "fc2" : "mlp.down_proj";
   }
   return "?";
 }

@@ -215,8 +215,8 @@ RunSummary run_recipe(const io::Recipe& recipe) {
           log::info(
               "block {}/{} os_plus: qkv threshold {:.3g} (loss {:.3g} -> {:.3g}), mlp "
               "threshold {:.3g} (loss {:.3g} -> {:.3g}){}",
-              layer + 1, model.num_layers(), r.qkv_threshold, r.qkv_loss_unscaled, r.qkv_loss,
-              r.mlp_threshold, r.mlp_loss_unscaled, r.mlp_loss, r.shifted ? ", shifted" : "");
+              layer + 1, model.num_layers(), r.qkv.threshold, r.qkv.loss_unscaled, r.qkv.loss,
+              r.mlp.threshold, r.mlp.loss_unscaled, r.mlp.loss, r.shifted ? ", shifted" : "");
           break;
         }
         case io::StageKind::quantize_weights:

@@ -171,43 +171,43 @@ OsPlusReport os_plus_block(const io::ModelConfig& c, model::BlockWeights& w, Blo
     return z;
   };
 
-  {  // norm -> q, k, v: the loss is the whole attention output
-    ChannelStats& st = stats.at(Site::qkv_in);
+  // One site: shift, threshold search with the site's loss, fold, update the statistics.
+  // make_loss(st, z) returns the loss of a candidate scale vector.
+  auto suppress_site = [&](Site site, Boundary boundary, auto make_loss) {
+    ChannelStats& st = stats.at(site);
     const auto z = shift_of(st);
-    const Tensor ref = attention_output(c, w.q, w.k, w.v, in.qkv_in, in.batch);
-    auto loss = [&](const std::vector<float>& s) {
-      const Tensor x = transformed_input(in.qkv_in, z, s, st, scheme);
-      return squared_error(attention_output(c, transformed_linear(w.q, z, s, scheme),
-                                            transformed_linear(w.k, z, s, scheme),
-                                            transformed_linear(w.v, z, s, scheme), x, in.batch),
-                           ref);
-    };
-    const auto r = search(st, z, o, floor, loss);
-    report.qkv_threshold = r.threshold;
-    report.qkv_loss = r.loss;
-    report.qkv_loss_unscaled = r.loss_unscaled;
-    apply_transform(c, w, Boundary::attn_norm_to_qkv, ChannelTransform::shifting(z, r.scale));
+    const auto r = search(st, z, o, floor, make_loss(st, z));
+    apply_transform(c, w, boundary, ChannelTransform::shifting(z, r.scale));
     transform_stats(st, z, r.scale);
-  }
-  {  // norm -> gate, up (fc1): the loss is what the down projection consumes
-    ChannelStats& st = stats.at(Site::mlp_in);
-    const auto z = shift_of(st);
-    const model::Linear* gate = c.gated_mlp() ? &w.gate : nullptr;
-    const Tensor ref = mlp_output(c, gate, w.up, in.mlp_in);
-    auto loss = [&](const std::vector<float>& s) {
-      const Tensor x = transformed_input(in.mlp_in, z, s, st, scheme);
-      model::Linear g;
-      if (gate != nullptr) g = transformed_linear(*gate, z, s, scheme);
-      return squared_error(
-          mlp_output(c, gate ? &g : nullptr, transformed_linear(w.up, z, s, scheme), x), ref);
-    };
-    const auto r = search(st, z, o, floor, loss);
-    report.mlp_threshold = r.threshold;
-    report.mlp_loss = r.loss;
-    report.mlp_loss_unscaled = r.loss_unscaled;
-    apply_transform(c, w, Boundary::mlp_norm_to_mlp, ChannelTransform::shifting(z, r.scale));
-    transform_stats(st, z, r.scale);
-  }
+    return OsPlusSearch{r.threshold, r.loss, r.loss_unscaled};
+  };
+  // norm -> q, k, v: the loss is the whole attention output.
+  report.qkv = suppress_site(
+      Site::qkv_in, Boundary::attn_norm_to_qkv,
+      [&](const ChannelStats& st, const std::vector<float>& z) {
+        const Tensor ref = attention_output(c, w.q, w.k, w.v, in.qkv_in, in.batch);
+        return [&, ref](const std::vector<float>& s) {
+          const Tensor x = transformed_input(in.qkv_in, z, s, st, scheme);
+          return squared_error(attention_output(c, transformed_linear(w.q, z, s, scheme),
+                                                transformed_linear(w.k, z, s, scheme),
+                                                transformed_linear(w.v, z, s, scheme), x, in.batch),
+                               ref);
+        };
+      });
+  // norm -> gate, up (fc1): the loss is what the down projection consumes.
+  report.mlp = suppress_site(
+      Site::mlp_in, Boundary::mlp_norm_to_mlp,
+      [&](const ChannelStats& st, const std::vector<float>& z) {
+        const model::Linear* gate = c.gated_mlp() ? &w.gate : nullptr;
+        const Tensor ref = mlp_output(c, gate, w.up, in.mlp_in);
+        return [&, gate, ref](const std::vector<float>& s) {
+          const Tensor x = transformed_input(in.mlp_in, z, s, st, scheme);
+          model::Linear g;
+          if (gate != nullptr) g = transformed_linear(*gate, z, s, scheme);
+          return squared_error(
+              mlp_output(c, gate ? &g : nullptr, transformed_linear(w.up, z, s, scheme), x), ref);
+        };
+      });
   return report;
 }
 

@@ -41,9 +41,13 @@ class CaptureOsPlusInputs : public model::ActivationHook {
   model::ActivationHook* next_;
 };
 
+// The chosen threshold of one site, with the loss it gives and the loss without scaling.
+struct OsPlusSearch {
+  double threshold = 0, loss = 0, loss_unscaled = 0;
+};
+
 struct OsPlusReport {
-  double qkv_threshold = 0, qkv_loss = 0, qkv_loss_unscaled = 0;
-  double mlp_threshold = 0, mlp_loss = 0, mlp_loss_unscaled = 0;
+  OsPlusSearch qkv, mlp;
   bool shifted = false;
 };
 
