@@ -17,6 +17,7 @@
 #include <string_view>
 #include <utility>
 
+#include "core/fault.h"
 #include "io/atomic_file.h"
 #include "io/digest.h"
 
@@ -489,7 +490,12 @@ std::string CheckpointWriter::commit(const std::string& path) const {
       for (const auto& [key, value] : attributes_) {
         write_string_attr(f, (kUserPrefix + key).c_str(), value, ctx);
       }
-      for (const auto& [p, t] : tensors_) write_dataset(f, p, t, ctx);
+      std::size_t written = 0;
+      for (const auto& [p, t] : tensors_) {
+        write_dataset(f, p, t, ctx);
+        // Crash tests: die with half the datasets written and the file still open.
+        if (++written == (tensors_.size() + 1) / 2) fault::point("checkpoint.mid_write");
+      }
       check_rc(H5Fflush(f, H5F_SCOPE_LOCAL), ctx, fmt::format("flush {}", temp));
       check_rc(file.close(), ctx, fmt::format("close {}", temp));
     }
@@ -528,6 +534,7 @@ std::string CheckpointWriter::commit(const std::string& path) const {
       }
     }
     const std::string digest = sha256_file_hex(temp);
+    fault::point("checkpoint.before_rename");  // written, fsynced and verified; not yet in place
     rename_durable(temp, path);
     return digest;
   } catch (const Error& e) {

@@ -155,6 +155,35 @@ bool Communicator::any_failed(bool local_failed) const {
   return any != 0;
 }
 
+int Communicator::first_failed_rank(bool local_failed) const {
+  int local = local_failed ? rank_ : INT32_MAX;
+  int first = INT32_MAX;
+  check_mpi(MPI_Allreduce(&local, &first, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce(MIN)",
+            world_rank_or_minus_one());
+  return first == INT32_MAX ? -1 : first;
+}
+
+void Communicator::broadcast(std::vector<std::int64_t>& values, int root) const {
+  check_mpi(MPI_Bcast(values.data(), static_cast<int>(values.size()), MPI_INT64_T, root, comm_),
+            "MPI_Bcast", world_rank_or_minus_one());
+}
+
+std::vector<std::int64_t> Communicator::allgather(const std::vector<std::int64_t>& mine) const {
+  std::vector<std::int64_t> all(mine.size() * static_cast<std::size_t>(size_));
+  check_mpi(MPI_Allgather(mine.data(), static_cast<int>(mine.size()), MPI_INT64_T, all.data(),
+                          static_cast<int>(mine.size()), MPI_INT64_T, comm_),
+            "MPI_Allgather", world_rank_or_minus_one());
+  return all;
+}
+
+std::vector<double> Communicator::allreduce_max(const std::vector<double>& mine) const {
+  std::vector<double> out(mine.size());
+  check_mpi(MPI_Allreduce(mine.data(), out.data(), static_cast<int>(mine.size()), MPI_DOUBLE,
+                          MPI_MAX, comm_),
+            "MPI_Allreduce(MAX)", world_rank_or_minus_one());
+  return out;
+}
+
 // ---- MpiWorld ----
 
 namespace {
@@ -193,6 +222,11 @@ MpiWorld::~MpiWorld() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (initialized_here_ && !finalized) MPI_Finalize();
+}
+
+MpiWorld& process_world() {
+  static MpiWorld world(nullptr, nullptr);
+  return world;
 }
 
 // ---- abort_all ----

@@ -94,6 +94,17 @@ class Communicator {
   // entering it and waiting forever for the one that threw.
   bool any_failed(bool local_failed) const;
 
+  // Collective: the lowest rank whose local_failed is true, or -1 when none is. Lets the ranks
+  // agree on an error (and have only that rank report it) before any of them starts work.
+  int first_failed_rank(bool local_failed) const;
+
+  // Collective: every rank gets `values` of `root` (same count on every rank).
+  void broadcast(std::vector<std::int64_t>& values, int root) const;
+  // Collective: the concatenation, in rank order, of every rank's `mine` (same size everywhere).
+  std::vector<std::int64_t> allgather(const std::vector<std::int64_t>& mine) const;
+  // Collective: the elementwise maximum of `mine` (same size everywhere) on every rank.
+  std::vector<double> allreduce_max(const std::vector<double>& mine) const;
+
   // Elements per message for an element of elem_bytes bytes under the current chunk limit.
   std::int64_t chunk_elements(std::size_t elem_bytes) const;
 
@@ -131,6 +142,11 @@ class MpiWorld {
   // Optional only so the destructor can free it before MPI_Finalize.
   std::optional<Communicator> world_;
 };
+
+// The process's MPI world, initialized on first use and finalized at exit: under mpirun the job's
+// ranks, otherwise a world of one (MPI singleton). MPI cannot be initialized twice in a process,
+// so everything that needs the world (the runner, called repeatedly by tests) shares this one.
+MpiWorld& process_world();
 
 // Prints "error: rank K: <message>" on stderr and ends the whole job with MPI_Abort, so that a
 // failure on one rank makes every rank exit non-zero instead of leaving the others hanging in a

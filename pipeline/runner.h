@@ -1,7 +1,9 @@
-// Runs a recipe: calibration hidden states flow block by block through the model; at each block
-// the recipe's stages run in order (calibrate, smoothquant / os_plus, quantize_weights); then the
-// quantized model is exported and compared with the FP model. One process today: every stage is
-// a per-block unit, which is what the distributed runner will hand to its ranks.
+// Runs a recipe on the process's MPI world (one rank or many; pipeline/partition.h decides who
+// owns what): the calibration set's hidden states flow block by block and rank to rank; at each
+// block the recipe's stages run in order (calibrate, smoothquant / os_plus, quantize_weights),
+// each finished (block, stage) unit checkpointed in the run directory (pipeline/run_state.h);
+// then rank 0 exports the quantized model and compares it with the FP model. The export is
+// byte-identical whatever the rank count, replica count or resume.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +23,22 @@ struct RunSummary {
   model::Comparison comparison;
 };
 
-RunSummary run_recipe(const io::Recipe& recipe);
+struct RunOptions {
+  std::string resume_dir;        // continue this run directory; empty: a new run in output_dir
+  int replicas = 0;              // data-parallel replicas; 0: Partition::default_replicas
+  std::int64_t chunk_bytes = 0;  // largest MPI message; 0: MPI's own limit (lowered by tests)
+};
+
+// Thrown on the ranks that did not fail when another rank's error, reported by that rank, stops
+// the run before any work started (every rank then exits non-zero, one error line in the log).
+class Stopped : public std::exception {
+ public:
+  const char* what() const noexcept override { return "stopped: another rank failed"; }
+};
+
+// Collective over the process's MPI world. With more than one rank, an error once work started
+// ends the whole job (pipeline::abort_all) with "error: rank K: ..." rather than returning.
+RunSummary run_recipe(const io::Recipe& recipe, const RunOptions& options = {});
 
 // A token file cut into n_seq sequences of seq_len: seq_len given, else the .npy's second dim,
 // else min(2048, max_position_embeddings); at most `max_sequences`; trailing tokens dropped (and

@@ -188,6 +188,13 @@ std::string_view boundary_name(Boundary boundary) {
   return "?";
 }
 
+Boundary boundary_from_name(std::string_view name) {
+  for (Boundary b : {Boundary::attn_norm_to_qkv, Boundary::mlp_norm_to_mlp, Boundary::v_to_o,
+                     Boundary::up_to_down})
+    if (boundary_name(b) == name) return b;
+  fail("'{}' is not a transform boundary", name);
+}
+
 namespace {
 
 template <typename... Args>

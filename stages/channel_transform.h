@@ -45,6 +45,15 @@ struct ChannelTransform {
 // Where a transform sits in a decoder block.
 enum class Boundary { attn_norm_to_qkv, mlp_norm_to_mlp, v_to_o, up_to_down };
 std::string_view boundary_name(Boundary boundary);
+// Inverse of boundary_name; throws sq::Error naming the text when it is not a boundary.
+Boundary boundary_from_name(std::string_view name);
+
+// A transform as a method chose and folded it: methods return these so that a checkpoint can
+// record them and a resume can re-apply them to the original weights bit for bit.
+struct AppliedTransform {
+  Boundary boundary;
+  ChannelTransform transform;
+};
 
 // Folds t into the producer and consumers at `boundary` of block `w` so that the block's FP
 // output is unchanged (exactly for scale/shift/permutation/split; merges change it by the

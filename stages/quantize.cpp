@@ -1,6 +1,7 @@
 #include "stages/quantize.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -30,6 +31,21 @@ float round_scale(float scale, DType dtype) {
   return r;
 }
 
+Tensor dequantized_weight(const QuantizedLinear& q, const QuantScheme& scheme) {
+  const std::int64_t rows = q.weight_q.shape()[0], cols = q.weight_q.shape()[1];
+  const auto& layout = scheme.weights.layout;
+  const std::int64_t n = cpu::num_qparams(rows, cols, layout);
+  if (q.weight_scale.numel() != n)
+    fail("weight_scale has {} values, the scheme needs {}", q.weight_scale.numel(), n);
+  std::vector<std::int32_t> zero(static_cast<std::size_t>(n), 0);
+  const std::int32_t* zp =
+      q.weight_zero_point.defined() ? q.weight_zero_point.data<std::int32_t>() : zero.data();
+  Tensor deq = Tensor::zeros(DType::f32, {rows, cols});
+  cpu::dequantize(q.weight_q.data<std::int8_t>(), rows, cols, layout, q.weight_scale.data<float>(),
+                  zp, deq.mutable_data<float>());
+  return deq;
+}
+
 namespace {
 
 QuantizedLinear quantize_linear(model::Linear& linear, const QuantScheme& scheme) {
@@ -54,10 +70,7 @@ QuantizedLinear quantize_linear(model::Linear& linear, const QuantScheme& scheme
   q.weight_q = Tensor::zeros(DType::i8, {rows, cols});
   cpu::quantize(w, rows, cols, wq.layout, wq.format, scale, zp,
                 q.weight_q.mutable_data<std::int8_t>());
-  Tensor deq = Tensor::zeros(DType::f32, {rows, cols});
-  cpu::dequantize(q.weight_q.data<std::int8_t>(), rows, cols, wq.layout, scale, zp,
-                  deq.mutable_data<float>());
-  linear.weight = deq;
+  linear.weight = dequantized_weight(q, scheme);
   return q;
 }
 

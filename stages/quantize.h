@@ -14,6 +14,10 @@ namespace sq::stages {
 // and records the integer weights and scales in block.linears.
 void quantize_block_weights(QuantizedBlock& block, const QuantScheme& scheme);
 
+// The FP32 weight a quantized linear stands for: (q - zero_point) * scale, exactly what
+// quantize_block_weights leaves in the block's weights (a resume rebuilds them with it).
+Tensor dequantized_weight(const QuantizedLinear& q, const QuantScheme& scheme);
+
 // Static per-tensor activation parameters from calibration statistics, for each linear's input
 // (q, k and v share one input, as do gate and up). No-op for dynamic activations.
 void set_static_activation_params(QuantizedBlock& block, const BlockStats& stats,

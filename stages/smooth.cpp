@@ -44,8 +44,9 @@ void transform_stats(ChannelStats& st, const std::vector<float>& shift,
   }
 }
 
-void smoothquant_block(const io::ModelConfig& config, model::BlockWeights& w, BlockStats& stats,
-                       double alpha) {
+std::vector<AppliedTransform> smoothquant_block(const io::ModelConfig& config,
+                                                model::BlockWeights& w, BlockStats& stats,
+                                                double alpha) {
   if (!(alpha >= 0.0 && alpha <= 1.0)) fail("smoothquant alpha {} is outside [0, 1]", alpha);
   struct Pair {
     Boundary boundary;
@@ -55,14 +56,18 @@ void smoothquant_block(const io::ModelConfig& config, model::BlockWeights& w, Bl
   std::vector<Pair> pairs = {{Boundary::attn_norm_to_qkv, Site::qkv_in, {&w.q, &w.k, &w.v}},
                              {Boundary::mlp_norm_to_mlp, Site::mlp_in, {&w.up}}};
   if (config.gated_mlp()) pairs[1].consumers.push_back(&w.gate);
+  std::vector<AppliedTransform> applied;
   for (const auto& p : pairs) {
     ChannelStats& st = stats.at(p.site);
     if (st.empty())
       fail("smoothquant needs calibration statistics at {}", model::site_name(p.site));
     const auto s = smoothquant_scales(st.absmax, p.consumers, alpha);
-    apply_transform(config, w, p.boundary, ChannelTransform::scaling(s));
+    auto t = ChannelTransform::scaling(s);
+    apply_transform(config, w, p.boundary, t);
     transform_stats(st, {}, s);
+    applied.push_back({p.boundary, std::move(t)});
   }
+  return applied;
 }
 
 }  // namespace sq::stages

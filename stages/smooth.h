@@ -7,6 +7,7 @@
 #include "io/model_config.h"
 #include "model/weights.h"
 #include "stages/calibrate.h"
+#include "stages/channel_transform.h"
 
 namespace sq::stages {
 
@@ -17,9 +18,10 @@ std::vector<float> smoothquant_scales(const std::vector<float>& act_absmax,
                                       double alpha);
 
 // Smooths norm->q,k,v and norm->gate,up (fc1); o and down are not smoothed. Updates `stats` at
-// the smoothed sites to what the smoothed block will see.
-void smoothquant_block(const io::ModelConfig& config, model::BlockWeights& weights,
-                       BlockStats& stats, double alpha);
+// the smoothed sites to what the smoothed block will see. Returns the transforms it folded.
+std::vector<AppliedTransform> smoothquant_block(const io::ModelConfig& config,
+                                                model::BlockWeights& weights, BlockStats& stats,
+                                                double alpha);
 
 // After x' = (x - shift) / scale at a site, the statistics are known without recalibrating.
 void transform_stats(ChannelStats& stats, const std::vector<float>& shift,

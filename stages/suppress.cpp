@@ -177,8 +177,10 @@ OsPlusReport os_plus_block(const io::ModelConfig& c, model::BlockWeights& w, Blo
     ChannelStats& st = stats.at(site);
     const auto z = shift_of(st);
     const auto r = search(st, z, o, floor, make_loss(st, z));
-    apply_transform(c, w, boundary, ChannelTransform::shifting(z, r.scale));
+    auto t = ChannelTransform::shifting(z, r.scale);
+    apply_transform(c, w, boundary, t);
     transform_stats(st, z, r.scale);
+    report.transforms.push_back({boundary, std::move(t)});
     return OsPlusSearch{r.threshold, r.loss, r.loss_unscaled};
   };
   // norm -> q, k, v: the loss is the whole attention output.

@@ -11,6 +11,7 @@
 #include "model/forward.h"
 #include "model/weights.h"
 #include "stages/calibrate.h"
+#include "stages/channel_transform.h"
 #include "stages/scheme.h"
 
 namespace sq::stages {
@@ -49,6 +50,7 @@ struct OsPlusSearch {
 struct OsPlusReport {
   OsPlusSearch qkv, mlp;
   bool shifted = false;
+  std::vector<AppliedTransform> transforms;  // folded into the block, in order
 };
 
 // Transforms norm->q,k,v and norm->gate,up (fc1) of `weights` and updates `stats` accordingly.

@@ -6,6 +6,9 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "pipeline/cli/commands.h"
+#if SQ_WITH_MPI
+#include "pipeline/runner.h"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"ShardQuant: post-training quantization of large language models on HPC clusters"};
@@ -28,6 +31,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+#if SQ_WITH_MPI
+  } catch (const sq::pipeline::Stopped&) {
+    return 1;  // another rank failed and reported why
+#endif
   } catch (const sq::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
