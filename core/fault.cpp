@@ -19,6 +19,7 @@ namespace {
 struct Spec {
   bool active = false;
   bool timer = false;
+  bool throws = false;  // fail: an sq::Error instead of SIGKILL
   std::string point;
   int rank = -1;        // -1: any
   long long count = 1;  // n-th pass; for the timer, milliseconds
@@ -43,6 +44,11 @@ Spec parse(std::string_view text) {
   if (const auto at = text.find('@'); at != std::string_view::npos) {
     s.rank = static_cast<int>(parse_number(text.substr(at + 1), "rank"));
     text = text.substr(0, at);
+  }
+  constexpr std::string_view kFail = "fail:";
+  if (text.starts_with(kFail)) {
+    s.throws = true;
+    text = text.substr(kFail.size());
   }
   constexpr std::string_view kTimer = "after-ms:";
   if (text.starts_with(kTimer)) {
@@ -79,7 +85,9 @@ void set_rank(int rank) { g_rank.store(rank); }
 void point(std::string_view name) {
   const Spec& s = spec();
   if (!s.active || s.timer || name != s.point || !for_this_rank(s)) return;
-  if (g_passes.fetch_add(1) + 1 == s.count) die();
+  if (g_passes.fetch_add(1) + 1 != s.count) return;
+  if (s.throws) fail("injected failure at {}", name);
+  die();
 }
 
 void arm_timer() {

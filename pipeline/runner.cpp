@@ -621,6 +621,7 @@ void RankRun::process_block(int b) {
   const bool writer = replica_ == 0;
   const bool in_range = my_.active && b >= my_.start && b < my_.end;
   if (!in_range && (!writer || done == n_stages)) return;
+  fault::point("block.start");
   const auto t_block = Clock::now();
   if (in_range && b == my_.start) obtain_input();
   const model::BlockWeights fp = model_->load_block(b);
