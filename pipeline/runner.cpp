@@ -212,7 +212,8 @@ class RankRun {
   std::vector<float> inv_freq_;
   Clock::time_point start_ = Clock::now();
   std::map<std::string, double> seconds_;  // per stage / activity, for the summary
-  int blocks_done_ = 0, blocks_todo_ = 0;
+  int units_done_ = 0, units_todo_ = 0;  // (block, stage) units and propagations, for the ETA
+  void unit_done(int b, std::string_view what, double seconds, i64 tokens);
 };
 
 // Runs `step` on every rank and agrees on the outcome before anyone goes on: the first failing
@@ -415,9 +416,13 @@ void RankRun::plan_work() {
     }
   }
   my_ = work_[stage_][replica_];
-  for (int b = blocks_.begin; b < blocks_.end; ++b)
-    blocks_todo_ += (my_.active && b >= my_.start && b < my_.end) ||
-                    (replica_ == 0 && stages_done_[b] < int(recipe_.stages.size()));
+  const int n_stages = static_cast<int>(recipe_.stages.size());
+  for (int b = blocks_.begin; b < blocks_.end; ++b) {
+    const int done = stages_done_[b];
+    const bool in_range = my_.active && b >= my_.start && b < my_.end;
+    units_todo_ += replica_ == 0 ? n_stages - done : done == 0;
+    units_todo_ += in_range && (quant_inputs_ || done >= 1);  // a propagation pass
+  }
   if (my_.active)
     log::info("blocks {}-{}: forward of blocks {}-{} on sequences [{}, {}), input from {}{}",
               blocks_.begin, blocks_.end - 1, my_.start, my_.end - 1, mine_.first_seq,
@@ -609,10 +614,19 @@ void RankRun::run_stage(int b, int k, BlockState& state, bool in_range, bool wri
   const std::string name(io::recipe_name(stage.kind));
   seconds_[name] += dt;
   if (writer) commit_block(b, state);
-  const i64 tokens =
-      stage.kind == io::StageKind::calibrate ? mine_.seqs() * g_.seq_len : g_.n_seq * g_.seq_len;
-  log::info("block {}/{} {:<16} {:7.3f} s {:10.0f} tokens/s", b + 1, c_->num_layers, name, dt,
-            double(tokens) / std::max(dt, 1e-9));
+  unit_done(b, name, since(t0),
+            stage.kind == io::StageKind::calibrate ? mine_.seqs() * g_.seq_len
+                                                   : g_.n_seq * g_.seq_len);
+}
+
+// One line per unit, whole lines only (a Slurm log is a file: no carriage-return bars).
+void RankRun::unit_done(int b, std::string_view what, double seconds, i64 tokens) {
+  ++units_done_;
+  const double elapsed = since(start_);
+  const double eta = elapsed / units_done_ * std::max(0, units_todo_ - units_done_);
+  log::info("block {}/{} {:<16} {:7.3f} s {:10.0f} tokens/s  elapsed {:.1f} s  ETA {:.1f} s",
+            b + 1, c_->num_layers, what, seconds, double(tokens) / std::max(seconds, 1e-9),
+            elapsed, eta);
 }
 
 void RankRun::process_block(int b) {
@@ -626,10 +640,8 @@ void RankRun::process_block(int b) {
   if (in_range && b == my_.start) obtain_input();
   const model::BlockWeights fp = model_->load_block(b);
   BlockState state;
-  bool have_state = false;
   if (done > 0 && writer) {
     state = load_block_state(b, block_digest_.at(b), fp);
-    have_state = true;
     log::info("block {}/{}: {} of {} stages restored from {}", b + 1, c_->num_layers, done,
               n_stages, dir_->block_file(b));
   } else {
@@ -640,6 +652,7 @@ void RankRun::process_block(int b) {
     const auto t0 = Clock::now();
     forward(fp, mine_.first_mb, nullptr, hidden_);
     seconds_["propagate"] += since(t0);
+    unit_done(b, "propagate", since(t0), mine_.seqs() * g_.seq_len);
   }
   if (done == 0) run_stage(b, 0, state, in_range, writer);  // calibrate: every replica
   if (writer)
@@ -660,9 +673,7 @@ void RankRun::process_block(int b) {
       std::string digest(64, '\0');
       world_.recv(reinterpret_cast<std::uint8_t*>(digest.data()), 64, stage_rank0, Tag::control);
       state = load_block_state(b, digest, fp);
-      have_state = true;
     }
-    (void)have_state;
     const auto t0 = Clock::now();
     forward(
         state.block.weights, mine_.first_mb,
@@ -671,12 +682,9 @@ void RankRun::process_block(int b) {
         },
         hidden_);
     seconds_["propagate"] += since(t0);
+    unit_done(b, "propagate", since(t0), mine_.seqs() * g_.seq_len);
   }
-  ++blocks_done_;
-  const double elapsed = since(start_);
-  const double eta = elapsed / blocks_done_ * std::max(0, blocks_todo_ - blocks_done_);
-  log::info("block {}/{} done in {:.2f} s; elapsed {:.1f} s, ETA {:.1f} s", b + 1, c_->num_layers,
-            since(t_block), elapsed, eta);
+  log::debug("block {}/{} done in {:.2f} s", b + 1, c_->num_layers, since(t_block));
   if (in_range && b == my_.end - 1 && my_.send) send_output();
 }
 
