@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -217,46 +218,39 @@ void check_norm(const model::Norm& norm, const io::ModelConfig& config, const Er
   }
 }
 
-void check_blocks(const model::Model& source, const std::vector<QuantizedBlock>& blocks,
-                  const ExportScheme& scheme) {
-  const io::ModelConfig& config = source.config();
-  if (static_cast<std::int64_t>(blocks.size()) != config.num_layers)
-    fail("export got {} blocks for a model with {} layers", blocks.size(), config.num_layers);
-  const auto names = model::TensorNames::canonical(config);
-  std::map<std::string, Shape> linear_shapes;
-  for (const auto& spec : model::model_tensors(config, names))
-    if (spec.kind == TensorKind::linear_weight) linear_shapes[spec.name] = spec.shape;
-  for (int layer = 0; layer < config.num_layers; ++layer) {
-    const QuantizedBlock& block = blocks[static_cast<std::size_t>(layer)];
-    for (NormRole role : {NormRole::attn, NormRole::mlp})
-      check_norm(norm_of(block.weights, role), config,
-                 ErrorContext{.tensor = names.norm(layer, role, false)});
-    for (LinearRole role : model::kAllLinearRoles) {
-      if (!has_linear(config, role)) {
-        if (block.linear(role).defined())
-          fail("block {} has a quantized gate projection, but the model has none", layer);
-        continue;
-      }
-      const std::string name = names.linear(layer, role, false);
-      const ErrorContext at{.tensor = name};
-      check_linear(block.weights.linear(role), block.linear(role), linear_shapes.at(name),
-                   has_bias(config, role), scheme, at);
+// The checks of one block, layer `layer` of a model with `config`; `linear_shapes`: the shape of
+// every linear weight, by canonical name.
+void check_block(const QuantizedBlock& block, int layer, const io::ModelConfig& config,
+                 const model::TensorNames& names, const std::map<std::string, Shape>& linear_shapes,
+                 const ExportScheme& scheme) {
+  for (NormRole role : {NormRole::attn, NormRole::mlp})
+    check_norm(norm_of(block.weights, role), config,
+               ErrorContext{.tensor = names.norm(layer, role, false)});
+  for (LinearRole role : model::kAllLinearRoles) {
+    if (!has_linear(config, role)) {
+      if (block.linear(role).defined())
+        fail("block {} has a quantized gate projection, but the model has none", layer);
+      continue;
     }
-    // vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj and runs each fused layer with
-    // the largest of its static input scales: they must agree, or vLLM would run other numbers.
-    if (scheme.quantize_activations && !scheme.activation_dynamic) {
-      std::vector<std::vector<LinearRole>> fused = {{LinearRole::q, LinearRole::k, LinearRole::v}};
-      if (config.gated_mlp()) fused.push_back({LinearRole::gate, LinearRole::up});
-      for (const auto& group : fused) {
-        const float first = block.linear(group[0]).input_scale.data<float>()[0];
-        for (LinearRole role : group) {
-          const float s = block.linear(role).input_scale.data<float>()[0];
-          if (s != first)
-            fail(ErrorContext{.tensor = names.linear(layer, role, false)},
-                 "input_scale {} differs from {}_proj's {}: vLLM fuses these layers and would "
-                 "run them all with the largest scale",
-                 s, model::role_name(group[0]), first);
-        }
+    const std::string name = names.linear(layer, role, false);
+    const ErrorContext at{.tensor = name};
+    check_linear(block.weights.linear(role), block.linear(role), linear_shapes.at(name),
+                 has_bias(config, role), scheme, at);
+  }
+  // vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj and runs each fused layer with
+  // the largest of its static input scales: they must agree, or vLLM would run other numbers.
+  if (scheme.quantize_activations && !scheme.activation_dynamic) {
+    std::vector<std::vector<LinearRole>> fused = {{LinearRole::q, LinearRole::k, LinearRole::v}};
+    if (config.gated_mlp()) fused.push_back({LinearRole::gate, LinearRole::up});
+    for (const auto& group : fused) {
+      const float first = block.linear(group[0]).input_scale.data<float>()[0];
+      for (LinearRole role : group) {
+        const float s = block.linear(role).input_scale.data<float>()[0];
+        if (s != first)
+          fail(ErrorContext{.tensor = names.linear(layer, role, false)},
+               "input_scale {} differs from {}_proj's {}: vLLM fuses these layers and would "
+               "run them all with the largest scale",
+               s, model::role_name(group[0]), first);
       }
     }
   }
@@ -377,19 +371,23 @@ std::string export_format(const ExportScheme& scheme) {
   return scheme.quantize_activations ? kIntQuantized : kPackQuantized;
 }
 
-void export_compressed_tensors(const model::Model& source,
-                               const std::vector<QuantizedBlock>& blocks,
+void export_compressed_tensors(const model::Model& source, const BlockLoader& load_block,
                                const ExportScheme& scheme, const std::string& out_dir,
                                std::uint64_t max_shard_bytes) {
   check_exportable(scheme);
+  SQ_CHECK(static_cast<bool>(load_block), "export needs a block loader");
   const io::ModelConfig& config = source.config();
-  // Everything that can be refused is refused before anything is written.
-  check_blocks(source, blocks, scheme);
   io::ModelConfig out_config = config;
   out_config.torch_dtype = scheme.dtype;
   const auto names = model::TensorNames::canonical(config);
   json hf = io::to_hf_config(out_config);
   hf["quantization_config"] = quantization_config(scheme, ignored_modules(config, names));
+  const auto specs = model::model_tensors(config, names);
+  const auto source_specs = model::model_tensors(config, source.names());
+  SQ_CHECK(specs.size() == source_specs.size(), "{} vs {}", specs.size(), source_specs.size());
+  std::map<std::string, Shape> linear_shapes;
+  for (const auto& spec : specs)
+    if (spec.kind == TensorKind::linear_weight) linear_shapes[spec.name] = spec.shape;
 
   const fs::path dir(out_dir);
   std::error_code ec;
@@ -410,14 +408,23 @@ void export_compressed_tensors(const model::Model& source,
 
   {
     io::ShardedCheckpointWriter writer(out_dir, max_shard_bytes);
-    const auto specs = model::model_tensors(config, names);
-    const auto source_specs = model::model_tensors(config, source.names());
-    SQ_CHECK(specs.size() == source_specs.size(), "{} vs {}", specs.size(), source_specs.size());
     const bool static_input = scheme.quantize_activations && !scheme.activation_dynamic;
+    // The block of layer `loaded`; model_tensors lists each layer's tensors together, layers in
+    // increasing order, so each block is loaded once and released before the next is loaded
+    // (its tensors that went to the writer stay alive with the shard being written).
+    std::optional<QuantizedBlock> block;
+    int loaded = -1;
     for (std::size_t i = 0; i < specs.size(); ++i) {
       const TensorSpec& spec = specs[i];
-      const QuantizedBlock* block =
-          spec.layer >= 0 ? &blocks[static_cast<std::size_t>(spec.layer)] : nullptr;
+      if (spec.layer != loaded) {
+        block.reset();
+        if (spec.layer >= 0) {
+          SQ_CHECK(spec.layer == loaded + 1, "layer {} after layer {}", spec.layer, loaded);
+          loaded = spec.layer;
+          block.emplace(load_block(loaded));
+          check_block(*block, loaded, config, names, linear_shapes, scheme);
+        }
+      }
       switch (spec.kind) {
         case TensorKind::norm_weight:
           writer.add(spec.name, norm_of(block->weights, spec.norm).weight.to(scheme.dtype));
@@ -452,6 +459,9 @@ void export_compressed_tensors(const model::Model& source,
           break;
       }
     }
+    block.reset();
+    SQ_CHECK(loaded == config.num_layers - 1, "{} of {} blocks written", loaded + 1,
+             config.num_layers);
     writer.finish();
   }
 
@@ -465,6 +475,20 @@ void export_compressed_tensors(const model::Model& source,
   // Last: a directory with a config.json is a complete checkpoint.
   io::write_file_atomic((dir / "config.json").string(), hf.dump(2) + "\n");
   cleanup.dismiss();
+}
+
+void export_compressed_tensors(const model::Model& source,
+                               const std::vector<QuantizedBlock>& blocks,
+                               const ExportScheme& scheme, const std::string& out_dir,
+                               std::uint64_t max_shard_bytes) {
+  check_exportable(scheme);
+  const std::int64_t layers = source.config().num_layers;
+  if (static_cast<std::int64_t>(blocks.size()) != layers)
+    fail("export got {} blocks for a model with {} layers", blocks.size(), layers);
+  // A copy of a block shares its tensors' memory: nothing is duplicated.
+  export_compressed_tensors(
+      source, [&blocks](int layer) { return blocks[static_cast<std::size_t>(layer)]; }, scheme,
+      out_dir, max_shard_bytes);
 }
 
 // ---------------------------------------------------------------------------------------------

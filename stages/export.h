@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -52,20 +53,40 @@ std::string export_format(const ExportScheme& scheme);
 // Shard size of exported checkpoints unless a caller asks otherwise (transformers' default).
 inline constexpr std::uint64_t kExportMaxShardBytes = std::uint64_t{5} << 30;
 
-// Writes a compressed-tensors checkpoint of `source` with its blocks replaced by `blocks` to
-// out_dir (created; refused when it exists and is not empty):
+// Writes a compressed-tensors checkpoint of `source` with its blocks replaced by quantized ones
+// to out_dir (created; refused when it exists and is not empty):
 // - config.json: io::to_hf_config(source.config()) with torch_dtype = scheme.dtype, plus
 //   quantization_config (only fields the compressed-tensors pydantic models accept);
-// - tensors under model::TensorNames::canonical names: embeddings, final norm and lm_head from
-//   `source`, norms and biases from blocks[i].weights, all converted to scheme.dtype; per linear
-//   the integer weight, weight_scale and (static activations) input_scale;
+// - tensors under model::TensorNames::canonical names, in model::model_tensors order:
+//   embeddings, final norm and lm_head from `source`, norms and biases from the blocks' weights,
+//   all converted to scheme.dtype; per linear the integer weight, weight_scale and (static
+//   activations) input_scale; shards of at most max_shard_bytes (a larger tensor gets a shard
+//   of its own);
 // - every other regular file of the source directory that is not weights or config
 //   (tokenizer.json, tokenizer_config.json, generation_config.json, ...), byte for byte.
-// Refuses (before writing anything) a scale that scheme.dtype cannot represent exactly: the
-// pipeline rounds scales to the export dtype before quantizing, and the checkpoint must be
-// exactly what ShardQuant evaluated. Every file is written atomically and config.json last; on
-// failure the files written so far are removed again, so out_dir never holds a config.json
-// without its weights.
+// Refuses a block the scheme cannot store as it is, before any of that block's tensors is
+// written: among others a scale that scheme.dtype cannot represent exactly (the pipeline rounds
+// scales to the export dtype before quantizing, and the checkpoint must be exactly what
+// ShardQuant evaluated). Every file is written atomically and config.json last; on any failure
+// (a refusal, an I/O error, an exception from the loader, which propagates unchanged) the files
+// written so far are removed again, so out_dir never holds a config.json without its weights
+// and is left as it was (empty, or absent when the export created it).
+//
+// Blocks come from `load_block`, called with layer = 0, 1, ..., num_layers - 1 in increasing
+// order, each layer exactly once, while the tensors are written. The exporter keeps a block
+// only as long as it needs it: it releases the previous block before it asks for the next one,
+// so peak memory is at most one QuantizedBlock plus the tensors of the shard being written,
+// converted to scheme.dtype (integer weights, which need no conversion, are shared with their
+// block rather than copied; source tensors already in scheme.dtype are views of the mapped
+// source files). A 70B model whose blocks do not fit in one process is exported this way, its
+// blocks loaded one at a time.
+using BlockLoader = std::function<QuantizedBlock(int layer)>;
+void export_compressed_tensors(const model::Model& source, const BlockLoader& load_block,
+                               const ExportScheme& scheme, const std::string& out_dir,
+                               std::uint64_t max_shard_bytes = kExportMaxShardBytes);
+
+// The same, from blocks already in memory (blocks[i] is layer i; refused unless there is one
+// per layer). The bytes written are those of the loader overload given blocks[layer].
 void export_compressed_tensors(const model::Model& source,
                                const std::vector<QuantizedBlock>& blocks,
                                const ExportScheme& scheme, const std::string& out_dir,
