@@ -148,6 +148,12 @@ void merge_stats(stages::BlockStats& stats, Reducer& reducer) {
   }
 }
 
+// OpenBLAS's thread count before the first run changed it (its default: the cores it sees).
+int library_blas_threads() {
+  static const int threads = cpu::blas_threads();
+  return threads;
+}
+
 class RankRun {
  public:
   RankRun(const io::Recipe& recipe, const RunOptions& options, Communicator& world)
@@ -212,7 +218,7 @@ class RankRun {
   std::vector<float> inv_freq_;
   Clock::time_point start_ = Clock::now();
   std::map<std::string, double> seconds_;  // per stage / activity, for the summary
-  int units_done_ = 0, units_todo_ = 0;  // (block, stage) units and propagations, for the ETA
+  int units_done_ = 0, units_todo_ = 0;    // (block, stage) units and propagations, for the ETA
   void unit_done(int b, std::string_view what, double seconds, i64 tokens);
 };
 
@@ -277,6 +283,9 @@ void RankRun::prepare() {
     fail(ErrorContext{.file = root},
          "run directory exists and is not empty; continue it with --resume or choose a new "
          "output");
+  library_blas_threads();  // remember the default before changing it
+  // One BLAS thread per rank unless the recipe says otherwise: OpenBLAS's results depend on its
+  // thread count, and ranks share a node's cores anyway.
   cpu::set_blas_threads(recipe_.threads > 0 ? recipe_.threads : 1);
   if (options_.chunk_bytes > 0) world_.set_chunk_bytes(options_.chunk_bytes);
   model_.emplace(model::Model::open(recipe_.model_dir));
@@ -614,9 +623,9 @@ void RankRun::run_stage(int b, int k, BlockState& state, bool in_range, bool wri
   const std::string name(io::recipe_name(stage.kind));
   seconds_[name] += dt;
   if (writer) commit_block(b, state);
-  unit_done(b, name, since(t0),
-            stage.kind == io::StageKind::calibrate ? mine_.seqs() * g_.seq_len
-                                                   : g_.n_seq * g_.seq_len);
+  unit_done(
+      b, name, since(t0),
+      stage.kind == io::StageKind::calibrate ? mine_.seqs() * g_.seq_len : g_.n_seq * g_.seq_len);
 }
 
 // One line per unit, whole lines only (a Slurm log is a file: no carriage-return bars).
@@ -624,9 +633,8 @@ void RankRun::unit_done(int b, std::string_view what, double seconds, i64 tokens
   ++units_done_;
   const double elapsed = since(start_);
   const double eta = elapsed / units_done_ * std::max(0, units_todo_ - units_done_);
-  log::info("block {}/{} {:<16} {:7.3f} s {:10.0f} tokens/s  elapsed {:.1f} s  ETA {:.1f} s",
-            b + 1, c_->num_layers, what, seconds, double(tokens) / std::max(seconds, 1e-9),
-            elapsed, eta);
+  log::info("block {}/{} {:<16} {:7.3f} s {:10.0f} tokens/s  elapsed {:.1f} s  ETA {:.1f} s", b + 1,
+            c_->num_layers, what, seconds, double(tokens) / std::max(seconds, 1e-9), elapsed, eta);
 }
 
 void RankRun::process_block(int b) {
@@ -726,9 +734,8 @@ RunSummary RankRun::finish() {
       fs::remove_all(summary.export_dir, ec);  // an earlier attempt's partial export
       {
         log::ScopedTimer t("export (compressed-tensors)");
-        std::vector<stages::QuantizedBlock> blocks;
-        for (int b = 0; b < L; ++b) blocks.push_back(load(b));
-        stages::export_compressed_tensors(*model_, blocks, export_scheme(recipe_.scheme, dtype_),
+        // One block in memory at a time, read back from its checkpoint file.
+        stages::export_compressed_tensors(*model_, load, export_scheme(recipe_.scheme, dtype_),
                                           summary.export_dir);
       }
       if (recipe_.data.evaluation) {
@@ -744,6 +751,9 @@ RunSummary RankRun::finish() {
           *c_, model_->load_embedding(), model_->load_head(), std::move(blocks), *scheme_);
     }
     if (recipe_.data.evaluation) {
+      // The evaluation runs on rank 0 alone (the others wait), with the thread count `eval`
+      // uses, so that `shardquant eval --reference` reproduces these figures exactly.
+      cpu::set_blas_threads(recipe_.threads > 0 ? recipe_.threads : library_blas_threads());
       const TokenSet eval = load_token_set(*recipe_.data.evaluation, recipe_.data.seq_len, {}, *c_);
       log::info("evaluation: {} x {} tokens from {}", eval.n_seq, eval.seq_len,
                 *recipe_.data.evaluation);
@@ -789,6 +799,10 @@ RunSummary run_recipe(const io::Recipe& recipe, const RunOptions& options) {
   MpiWorld& mpi = process_world();
   log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
   fault::set_rank(mpi.rank());
+  struct RestoreThreads {  // callers (tests, benchmarks) get the library's default back
+    ~RestoreThreads() { cpu::set_blas_threads(library_blas_threads()); }
+  } restore;
+  library_blas_threads();
   RankRun run(recipe, options, mpi.comm());
   return run.run();
 }
