@@ -156,6 +156,12 @@ const SafetensorsEntry& Checkpoint::entry(std::string_view name) const {
   return shard(file_of(name)).entry(name);
 }
 
+void Checkpoint::release(std::string_view name) const {
+  const SafetensorsFile& f = shard(file_of(name));
+  const SafetensorsEntry& e = f.entry(name);
+  f.mapping()->release_pages(f.data_offset() + e.begin, e.end - e.begin);
+}
+
 Tensor Checkpoint::tensor(std::string_view name) const { return shard(file_of(name)).tensor(name); }
 
 std::vector<std::string> Checkpoint::shard_files() const {

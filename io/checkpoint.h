@@ -29,7 +29,10 @@ class Checkpoint {
   std::vector<std::string> names() const;                   // sorted
   const std::string& file_of(std::string_view name) const;  // shard file name, relative to dir
   const SafetensorsEntry& entry(std::string_view name) const;
-  Tensor tensor(std::string_view name) const;    // zero-copy view into the mapped shard
+  Tensor tensor(std::string_view name) const;  // zero-copy view into the mapped shard
+  // Drops the tensor's mapped pages from this process (after a converted copy was made): they
+  // would otherwise stay resident, and counted, for as long as the shard is mapped.
+  void release(std::string_view name) const;
   std::vector<std::string> shard_files() const;  // relative names, sorted
 
  private:

@@ -240,7 +240,10 @@ std::vector<TensorSpec> model_tensors(const io::ModelConfig& c, const TensorName
 
 Tensor Model::load(const std::string& name) const {
   Tensor t = checkpoint_.tensor(name);
-  return t.dtype() == DType::f32 ? t : t.to_f32();
+  if (t.dtype() == DType::f32) return t;
+  Tensor converted = t.to_f32();
+  checkpoint_.release(name);  // the bf16/f16 pages are not needed again
+  return converted;
 }
 
 Linear Model::load_linear(int layer, LinearRole role, bool has_bias) const {

@@ -646,15 +646,7 @@ void RankRun::process_block(int b) {
   fault::point("block.start");
   const auto t_block = Clock::now();
   if (in_range && b == my_.start) obtain_input();
-  const model::BlockWeights fp = model_->load_block(b);
-  BlockState state;
-  if (done > 0 && writer) {
-    state = load_block_state(b, block_digest_.at(b), fp);
-    log::info("block {}/{}: {} of {} stages restored from {}", b + 1, c_->num_layers, done,
-              n_stages, dir_->block_file(b));
-  } else {
-    state.block.weights = fp;
-  }
+  model::BlockWeights fp = model_->load_block(b);
   // FP inputs, calibration already done: propagate through the original FP weights.
   if (in_range && !quant_inputs_ && done >= 1) {
     const auto t0 = Clock::now();
@@ -662,6 +654,17 @@ void RankRun::process_block(int b) {
     seconds_["propagate"] += since(t0);
     unit_done(b, "propagate", since(t0), mine_.seqs() * g_.seq_len);
   }
+  BlockState state;
+  if (done > 0 && writer) {
+    state = load_block_state(b, block_digest_.at(b), std::move(fp));
+    log::info("block {}/{}: {} of {} stages restored from {}", b + 1, c_->num_layers, done,
+              n_stages, dir_->block_file(b));
+  } else {
+    state.block.weights = fp;
+  }
+  // The writer's stages replace tensors as they transform them: holding the originals too would
+  // double the block's memory. Other replicas keep them to rebuild the finished block later.
+  if (writer) fp = {};
   if (done == 0) run_stage(b, 0, state, in_range, writer);  // calibrate: every replica
   if (writer)
     for (int k = std::max(done, 1); k < n_stages; ++k) run_stage(b, k, state, in_range, writer);
@@ -680,7 +683,7 @@ void RankRun::process_block(int b) {
     } else {
       std::string digest(64, '\0');
       world_.recv(reinterpret_cast<std::uint8_t*>(digest.data()), 64, stage_rank0, Tag::control);
-      state = load_block_state(b, digest, fp);
+      state = load_block_state(b, digest, std::move(fp));
     }
     const auto t0 = Clock::now();
     forward(
