@@ -20,6 +20,7 @@ struct Spec {
   bool active = false;
   bool timer = false;
   bool throws = false;  // fail: an sq::Error instead of SIGKILL
+  bool warns = false;   // usr1: SIGUSR1 instead of SIGKILL
   std::string point;
   int rank = -1;        // -1: any
   long long count = 1;  // n-th pass; for the timer, milliseconds
@@ -49,6 +50,11 @@ Spec parse(std::string_view text) {
   if (text.starts_with(kFail)) {
     s.throws = true;
     text = text.substr(kFail.size());
+  }
+  constexpr std::string_view kUsr1 = "usr1:";
+  if (text.starts_with(kUsr1)) {
+    s.warns = true;
+    text = text.substr(kUsr1.size());
   }
   constexpr std::string_view kTimer = "after-ms:";
   if (text.starts_with(kTimer)) {
@@ -87,6 +93,10 @@ void point(std::string_view name) {
   if (!s.active || s.timer || name != s.point || !for_this_rank(s)) return;
   if (g_passes.fetch_add(1) + 1 != s.count) return;
   if (s.throws) fail("injected failure at {}", name);
+  if (s.warns) {
+    ::raise(SIGUSR1);
+    return;
+  }
   die();
 }
 

@@ -5,6 +5,7 @@
 //   SQ_FAULT=<point>[@<rank>][#<n>]   SIGKILL at the n-th (default 1st) time this process passes
 //                                     `point`, only on MPI rank `rank` (default: any rank)
 //   SQ_FAULT=fail:<point>[@<rank>][#<n>]  throw sq::Error there instead (an ordinary failure)
+//   SQ_FAULT=usr1:<point>[@<rank>][#<n>]  raise SIGUSR1 there (a preemption warning, on time)
 //   SQ_FAULT=after-ms:<ms>[@<rank>]   SIGKILL <ms> milliseconds after arm_timer() is called
 //
 // Unset (production), every call is a relaxed atomic load and a branch. The points in use are

@@ -4,10 +4,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <thread>
 #include <utility>
 
 namespace sq::pipeline {
@@ -61,7 +64,8 @@ Communicator::Communicator(Communicator&& other) noexcept
     : comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
       rank_(other.rank_),
       size_(other.size_),
-      chunk_bytes_(other.chunk_bytes_) {}
+      chunk_bytes_(other.chunk_bytes_),
+      wait_hook_(std::move(other.wait_hook_)) {}
 
 Communicator& Communicator::operator=(Communicator&& other) noexcept {
   if (this != &other) {
@@ -70,6 +74,7 @@ Communicator& Communicator::operator=(Communicator&& other) noexcept {
     rank_ = other.rank_;
     size_ = other.size_;
     chunk_bytes_ = other.chunk_bytes_;
+    wait_hook_ = std::move(other.wait_hook_);
   }
   return *this;
 }
@@ -79,6 +84,7 @@ Communicator Communicator::split(int color, int key) const {
   check_mpi(MPI_Comm_split(comm_, color, key, &out), "MPI_Comm_split", world_rank_or_minus_one());
   Communicator result(out);
   result.chunk_bytes_ = chunk_bytes_;
+  result.wait_hook_ = wait_hook_;
   return result;
 }
 
@@ -91,7 +97,46 @@ Communicator Communicator::dup() const {
 }
 
 void Communicator::barrier() const {
-  check_mpi(MPI_Barrier(comm_), "MPI_Barrier", world_rank_or_minus_one());
+  if (!wait_hook_) {
+    check_mpi(MPI_Barrier(comm_), "MPI_Barrier", world_rank_or_minus_one());
+    return;
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  check_mpi(MPI_Ibarrier(comm_, &request), "MPI_Ibarrier", world_rank_or_minus_one());
+  wait(request, Pending::collective, "MPI_Ibarrier");
+}
+
+namespace {
+std::atomic<int> g_abandoned{0};
+}
+
+int Communicator::abandoned_requests() { return g_abandoned.load(); }
+
+void Communicator::wait(MPI_Request& request, Pending kind, const char* what,
+                        MPI_Status* status) const {
+  const int rank = world_rank_or_minus_one();
+  if (!wait_hook_) {
+    check_mpi(MPI_Wait(&request, status), what, rank);
+    return;
+  }
+  for (;;) {
+    int done = 0;
+    check_mpi(MPI_Test(&request, &done, status), what, rank);
+    if (done) return;
+    try {
+      wait_hook_();
+    } catch (...) {
+      if (kind == Pending::recv) {  // cancelling a receive is clean
+        MPI_Cancel(&request);
+        MPI_Wait(&request, MPI_STATUS_IGNORE);
+      } else {  // a send or a collective cannot be taken back
+        if (kind == Pending::send) MPI_Request_free(&request);
+        ++g_abandoned;
+      }
+      throw;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
 }
 
 void Communicator::set_chunk_bytes(std::int64_t bytes) {
@@ -114,9 +159,11 @@ void Communicator::send_bytes(const void* data, std::int64_t count, std::size_t 
   std::int64_t offset = 0;
   do {
     const std::int64_t n = std::min(chunk, count - offset);
-    check_mpi(MPI_Send(bytes + offset * static_cast<std::int64_t>(elem_bytes), static_cast<int>(n),
-                       type, dest, static_cast<int>(tag), comm_),
-              "MPI_Send", world_rank_or_minus_one());
+    MPI_Request request = MPI_REQUEST_NULL;
+    check_mpi(MPI_Isend(bytes + offset * static_cast<std::int64_t>(elem_bytes), static_cast<int>(n),
+                        type, dest, static_cast<int>(tag), comm_, &request),
+              "MPI_Isend", world_rank_or_minus_one());
+    wait(request, Pending::send, "MPI_Isend");
     offset += n;
   } while (offset < count);
 }
@@ -130,9 +177,11 @@ void Communicator::recv_bytes(void* data, std::int64_t count, std::size_t elem_b
   do {
     const std::int64_t n = std::min(chunk, count - offset);
     MPI_Status status;
-    check_mpi(MPI_Recv(bytes + offset * static_cast<std::int64_t>(elem_bytes), static_cast<int>(n),
-                       type, source, static_cast<int>(tag), comm_, &status),
-              "MPI_Recv", world_rank_or_minus_one());
+    MPI_Request request = MPI_REQUEST_NULL;
+    check_mpi(MPI_Irecv(bytes + offset * static_cast<std::int64_t>(elem_bytes), static_cast<int>(n),
+                        type, source, static_cast<int>(tag), comm_, &request),
+              "MPI_Irecv", world_rank_or_minus_one());
+    wait(request, Pending::recv, "MPI_Irecv", &status);
     // A shorter message means the sender sent fewer elements (or used another chunk size):
     // the stream is out of step, and continuing would pair the wrong chunks.
     int received = 0;
@@ -252,9 +301,11 @@ void MpiReducer::allreduce_inplace(std::span<float> values, MPI_Op op, const cha
   const auto total = static_cast<std::int64_t>(values.size());
   for (std::int64_t offset = 0; offset < total; offset += chunk) {
     const std::int64_t n = std::min(chunk, total - offset);
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data() + offset, static_cast<int>(n), MPI_FLOAT,
-                            op, comm_.native()),
+    MPI_Request request = MPI_REQUEST_NULL;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, values.data() + offset, static_cast<int>(n), MPI_FLOAT,
+                             op, comm_.native(), &request),
               what, world_rank_or_minus_one());
+    comm_.wait(request, Communicator::Pending::collective, what);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <type_traits>
@@ -20,7 +21,7 @@
 namespace sq::pipeline {
 
 // Message tags: one per kind of traffic, so a stray message can never be taken for another kind.
-enum class Tag : int { hidden = 1, stats = 2, control = 3 };
+enum class Tag : int { hidden = 1, stats = 2, control = 3, stop = 4 };
 
 // The MPI datatype of each element type send/recv accept; other types do not compile.
 template <typename T>
@@ -105,6 +106,21 @@ class Communicator {
   // Collective: the elementwise maximum of `mine` (same size everywhere) on every rank.
   std::vector<double> allreduce_max(const std::vector<double>& mine) const;
 
+  // While set, every blocking operation of this communicator (send, recv, barrier, the reducer's
+  // all-reduces) waits by polling and calls the hook between polls; an exception from the hook
+  // abandons the operation (a receive is cancelled, a send or collective left behind and
+  // counted in abandoned_requests()) and propagates. The runner's stop protocol uses it so that
+  // no rank waits forever for a peer that stopped.
+  using WaitHook = std::function<void()>;
+  void set_wait_hook(WaitHook hook) { wait_hook_ = std::move(hook); }
+  enum class Pending { recv, send, collective };
+  // Completes `request` (MPI_Wait, or polling with the hook as described above).
+  void wait(MPI_Request& request, Pending kind, const char* what,
+            MPI_Status* status = MPI_STATUS_IGNORE) const;
+  // Sends and collectives abandoned by a throwing hook in this process: while any exist,
+  // MPI_Finalize could block, so the job must end with MPI_Abort instead.
+  static int abandoned_requests();
+
   // Elements per message for an element of elem_bytes bytes under the current chunk limit.
   std::int64_t chunk_elements(std::size_t elem_bytes) const;
 
@@ -118,6 +134,7 @@ class Communicator {
   int rank_ = -1;
   int size_ = 0;
   std::int64_t chunk_bytes_ = default_chunk_bytes;
+  WaitHook wait_hook_;
 };
 
 // MPI's lifetime: MPI_Init_thread (MPI_THREAD_FUNNELED: only the main thread calls MPI) unless MPI

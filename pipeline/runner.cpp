@@ -21,6 +21,7 @@
 #include "pipeline/mpi_world.h"
 #include "pipeline/partition.h"
 #include "pipeline/run_state.h"
+#include "pipeline/stop.h"
 #include "stages/calibrate.h"
 #include "stages/export.h"
 #include "stages/quantize.h"
@@ -204,6 +205,9 @@ class RankRun {
   std::optional<Manifest> manifest_;
   std::vector<ManifestEntry> entries_;
   std::unique_ptr<MpiReducer> reducer_;
+  // The work phase's communicator: a duplicate of the world whose waits poll the stop control.
+  std::optional<Communicator> work_comm_;
+  std::optional<StopControl> stop_;
 
   // Gathered checkpoint state: stages done per block; per replica and block, whether saved
   // hidden states cover the replica's sequences at that block's input.
@@ -253,6 +257,9 @@ RunSummary RankRun::run() {
   world_.broadcast(attempt, 0);
   attempt_ = static_cast<int>(attempt[0]);
   manifest_.emplace(*dir_, attempt_, rank_);
+  stop_.emplace(world_.dup());
+  work_comm_.emplace(world_.dup());
+  work_comm_->set_wait_hook([this] { stop_->in_wait(); });
   if (rank_ == 0) {
     log::info("run {}: {} ({} blocks), {} x {} calibration tokens in micro-batches of {}; {}",
               recipe_.file, recipe_.model_dir, c_->num_layers, g_.n_seq, g_.seq_len, g_.micro_batch,
@@ -265,6 +272,20 @@ RunSummary RankRun::run() {
     plan_work();
     process_blocks();
     return finish();
+  } catch (const StopNow&) {
+    // Every rank stops at a unit boundary (or abandons its unit); committed work stays.
+    const bool clean = stop_->stop_all();
+    if (rank_ == 0)
+      log::warn(
+          "stopped; every unit finished so far is checkpointed: continue with `shardquant "
+          "run --resume {}`",
+          dir_->root());
+    if (!clean) {  // a send or collective was left behind: MPI_Finalize could wait for it
+      std::fflush(stdout);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, kStoppedExitCode);
+    }
+    throw Interrupted();
   } catch (const Error& e) {
     if (world_.size() > 1) abort_all(e.with_rank(rank_));
     throw;
@@ -450,7 +471,10 @@ void RankRun::forward(
         make_hook,
     Tensor& hidden) {
   const i64 H = g_.hidden, n = mine_.seqs();
+  const auto t0 = Clock::now();
   for (i64 first = 0, mb = first_local_mb; first < n; first += g_.micro_batch, ++mb) {
+    fault::point("forward.micro_batch");
+    if (first > 0) stop_->in_unit(since(t0), double(first) / double(n));
     const i64 count = std::min(g_.micro_batch, n - first);
     const model::Batch batch{.n_seq = count, .seq_len = g_.seq_len};
     Tensor slice = Tensor::zeros(DType::f32, {count * g_.seq_len, H});
@@ -476,8 +500,8 @@ void RankRun::obtain_input() {
     const int prev = part_->prev_rank(rank_);
     for (i64 first = 0; first < mine_.seqs(); first += g_.micro_batch) {
       const i64 count = std::min(g_.micro_batch, mine_.seqs() - first);
-      world_.recv(hidden_.mutable_data<float>() + first * g_.seq_len * H, count * g_.seq_len * H,
-                  prev, Tag::hidden);
+      work_comm_->recv(hidden_.mutable_data<float>() + first * g_.seq_len * H,
+                       count * g_.seq_len * H, prev, Tag::hidden);
     }
     // Saved where the pipeline crosses ranks, so a resume can start here.
     io::CheckpointHeader header{.kind = "hidden",
@@ -524,8 +548,8 @@ void RankRun::send_output() {
   const int next = part_->next_rank(rank_);
   for (i64 first = 0; first < mine_.seqs(); first += g_.micro_batch) {
     const i64 count = std::min(g_.micro_batch, mine_.seqs() - first);
-    world_.send(hidden_.data<float>() + first * g_.seq_len * H, count * g_.seq_len * H, next,
-                Tag::hidden);
+    work_comm_->send(hidden_.data<float>() + first * g_.seq_len * H, count * g_.seq_len * H, next,
+                     Tag::hidden);
   }
   hidden_ = Tensor();
   seconds_["send"] += since(t0);
@@ -561,6 +585,7 @@ void RankRun::commit_block(int b, const BlockState& state) {
 }
 
 void RankRun::run_stage(int b, int k, BlockState& state, bool in_range, bool writer) {
+  stop_->at_boundary();
   const auto& stage = recipe_.stages[static_cast<std::size_t>(k)];
   const auto t0 = Clock::now();
   switch (stage.kind) {
@@ -643,12 +668,14 @@ void RankRun::process_block(int b) {
   const bool writer = replica_ == 0;
   const bool in_range = my_.active && b >= my_.start && b < my_.end;
   if (!in_range && (!writer || done == n_stages)) return;
+  stop_->at_boundary();
   fault::point("block.start");
   const auto t_block = Clock::now();
   if (in_range && b == my_.start) obtain_input();
   model::BlockWeights fp = model_->load_block(b);
   // FP inputs, calibration already done: propagate through the original FP weights.
   if (in_range && !quant_inputs_ && done >= 1) {
+    stop_->at_boundary();
     const auto t0 = Clock::now();
     forward(fp, mine_.first_mb, nullptr, hidden_);
     seconds_["propagate"] += since(t0);
@@ -677,14 +704,17 @@ void RankRun::process_block(int b) {
       for (int r = 1; r < part_->replicas(); ++r) {
         const Work& w = work_[stage_][r];
         if (w.active && b >= w.start && b < w.end)
-          world_.send(reinterpret_cast<const std::uint8_t*>(digest.data()),
-                      static_cast<i64>(digest.size()), part_->rank_of(stage_, r), Tag::control);
+          work_comm_->send(reinterpret_cast<const std::uint8_t*>(digest.data()),
+                           static_cast<i64>(digest.size()), part_->rank_of(stage_, r),
+                           Tag::control);
       }
     } else {
       std::string digest(64, '\0');
-      world_.recv(reinterpret_cast<std::uint8_t*>(digest.data()), 64, stage_rank0, Tag::control);
+      work_comm_->recv(reinterpret_cast<std::uint8_t*>(digest.data()), 64, stage_rank0,
+                       Tag::control);
       state = load_block_state(b, digest, std::move(fp));
     }
+    stop_->at_boundary();
     const auto t0 = Clock::now();
     forward(
         state.block.weights, mine_.first_mb,
@@ -700,7 +730,7 @@ void RankRun::process_block(int b) {
 }
 
 void RankRun::process_blocks() {
-  Communicator replicas = world_.split(stage_, replica_);
+  Communicator replicas = work_comm_->split(stage_, replica_);
   if (options_.chunk_bytes > 0) replicas.set_chunk_bytes(options_.chunk_bytes);
   reducer_ = std::make_unique<MpiReducer>(std::move(replicas));
   fault::arm_timer();
@@ -709,7 +739,8 @@ void RankRun::process_blocks() {
 }
 
 RunSummary RankRun::finish() {
-  world_.barrier();  // every block file is committed and recorded
+  work_comm_->barrier();               // every block file is committed and recorded
+  work_comm_->set_wait_hook(nullptr);  // past this point the run finishes: no more stops
   RunSummary summary;
   const int L = c_->num_layers;
   const int n_stages = static_cast<int>(recipe_.stages.size());
@@ -800,6 +831,7 @@ RunSummary RankRun::finish() {
 
 RunSummary run_recipe(const io::Recipe& recipe, const RunOptions& options) {
   MpiWorld& mpi = process_world();
+  StopControl::install_signal_handlers();
   log::set_rank(mpi.size() > 1 ? mpi.rank() : -1);
   fault::set_rank(mpi.rank());
   struct RestoreThreads {  // callers (tests, benchmarks) get the library's default back

@@ -36,6 +36,13 @@ class Stopped : public std::exception {
   const char* what() const noexcept override { return "stopped: another rank failed"; }
 };
 
+// Thrown on every rank when the run stopped early on a signal (pipeline/stop.h): what finished
+// is checkpointed; `--resume` continues. The command exits with kStoppedExitCode (3).
+class Interrupted : public std::exception {
+ public:
+  const char* what() const noexcept override { return "stopped before the end; resume it"; }
+};
+
 // Collective over the process's MPI world. With more than one rank, an error once work started
 // ends the whole job (pipeline::abort_all) with "error: rank K: ..." rather than returning.
 RunSummary run_recipe(const io::Recipe& recipe, const RunOptions& options = {});

@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
 #if SQ_WITH_MPI
   } catch (const sq::pipeline::Stopped&) {
     return 1;  // another rank failed and reported why
+  } catch (const sq::pipeline::Interrupted&) {
+    return 3;  // stopped on a signal, checkpoints consistent: resume with --resume
 #endif
   } catch (const sq::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -2,7 +2,7 @@
 # `shardquant run` under mpirun on a tiny synth model: the export must be byte-identical whatever
 # the rank layout, after every kind of interruption and corruption, once resumed.
 # Usage: distributed_run.sh MPIEXEC SHARDQUANT SCRATCH_DIR CASE
-#   CASE: layouts | named-kills | random-kills | corruption | refusals
+#   CASE: layouts | named-kills | random-kills | corruption | refusals | signals
 # Runs as root under Open MPI (OMPI_ALLOW_RUN_AS_ROOT*), oversubscribed (2 cores here).
 set -euo pipefail
 mpiexec=$1
@@ -206,6 +206,69 @@ refusals)
   mpirun_np 3 "$sq" run --resume "$work/ref" >"$work/noop.log" 2>&1 || { cat "$work/noop.log"; fail "noop resume"; }
   ! grep -q "calibrate " "$work/noop.log" || fail "a finished run recomputed a stage on resume"
   check_same "$work/ref" "resume of a finished run (nothing recomputed)"
+  ;;
+signals)
+  # Preemption: SIGUSR1 (the warning before a time limit) and SIGTERM stop every rank at a unit
+  # boundary (or abandon the unit), exit 3, and the resume gives the reference export. A bigger
+  # model so that the run is still going when the signal comes.
+  $sq synth --arch llama --out "$work/big" --hidden 256 --layers 8 --heads 4 --vocab 256 \
+    --max-positions 128 --seq-len 64 --calib-seqs 64 --eval-seqs 0 --seed 3 >/dev/null
+  big_recipe() {
+    cat >"$1" <<YAML
+model: $work/big
+output: $2
+data: {calibration: $work/big/calib.npy, micro_batch: 4}
+scheme:
+  weights: {bits: 8, granularity: channel}
+  activations: {bits: 8, granularity: tensor, dynamic: false}
+stages: [smoothquant, quantize_weights]
+YAML
+  }
+  big_recipe "$work/bigref.yaml" "$work/bigref"
+  mpirun_np 1 "$sq" run "$work/bigref.yaml" >"$work/bigref.log" 2>&1 || { cat "$work/bigref.log"; fail "big reference"; }
+  ref=$(export_digest "$work/bigref")
+  # name, signal, target (mpirun | ranks), grace seconds
+  signal_then_resume() {
+    local name=$1 sig=$2 target=$3 grace=$4 d=$work/$1
+    big_recipe "$d.yaml" "$d"
+    SQ_STOP_GRACE=$grace mpirun_np 3 "$sq" run "$d.yaml" >"$d.log" 2>&1 &
+    local pid=$!
+    # Signal when rank 1 has just started the calibration pass of block 4 (16 micro-batches).
+    for _ in $(seq 1 1000); do grep -q "block 4/8 calibrate\|block 3/8 quantize_weights" "$d.log" 2>/dev/null && break; sleep 0.01; done
+    sleep 0.03
+    local pattern="^[^ ]*shardquant run $d.yaml"  # the ranks (as srun delivers SIGTERM)
+    [[ $target == ranks ]] || pattern="^[^ ]*(mpirun|mpiexec|orterun) .*$d.yaml"
+    pkill -"$sig" -f "$pattern" || fail "$name: no process matched $pattern"
+    local rc=0
+    wait "$pid" || rc=$?
+    [[ $rc == 3 ]] || { cat "$d.log"; fail "$name: exit status $rc, expected 3 (stopped)"; }
+    grep -q "stopped; every unit finished so far is checkpointed" "$d.log" || fail "$name: no stop message"
+    ! grep -q "run: done" "$d.log" || fail "$name: the run finished anyway"
+    mpirun_np 2 "$sq" run --resume "$d" >"$d.resume.log" 2>&1 || { cat "$d.resume.log"; fail "$name: resume"; }
+    grep -q "resume: [1-7] of 8 blocks complete" "$d.resume.log" || echo "note: $name: $(grep 'resume:' "$d.resume.log")"
+    check_same "$d" "$name: $sig to $target, exit 3, resumed on 2 ranks"
+  }
+  signal_then_resume warning USR1 mpirun 120
+  signal_then_resume terminate TERM ranks 120
+  # On time, from inside: rank 1 gets the warning in the middle of a calibration pass (its 20th
+  # micro-batch: its second block, 5/8, the 4th of 16). With the deadline far, it finishes that unit (and
+  # checkpoints it) before stopping; with no time left, it abandons it at once.
+  for grace in 120 0; do
+    d=$work/inside$grace
+    big_recipe "$d.yaml" "$d"
+    rc=0
+    SQ_STOP_GRACE=$grace SQ_FAULT="usr1:forward.micro_batch@1#20" mpirun_np 3 "$sq" run "$d.yaml" >"$d.log" 2>&1 || rc=$?
+    [[ $rc == 3 ]] || { cat "$d.log"; fail "inside$grace: exit status $rc, expected 3"; }
+    if [[ $grace == 0 ]]; then
+      grep -q "\[r1\] WARN  abandoning the current unit" "$d.log" || { cat "$d.log"; fail "inside0: the unit was not abandoned"; }
+      ! grep -q "\[r1\] info  block 5/8 calibrate" "$d.log" || fail "inside0: the unit finished anyway"
+    else
+      ! grep -q "abandoning" "$d.log" || fail "inside120: a unit was abandoned with time left"
+      grep -q "\[r1\] info  block 5/8 calibrate" "$d.log" || { cat "$d.log"; fail "inside120: the unit was not finished"; }
+    fi
+    mpirun_np 2 "$sq" run --resume "$d" >"$d.resume.log" 2>&1 || { cat "$d.resume.log"; fail "inside$grace: resume"; }
+    check_same "$d" "warning inside a unit, grace $grace s: $([[ $grace == 0 ]] && echo abandoned || echo finished), resumed"
+  done
   ;;
 *) fail "unknown case $case" ;;
 esac

@@ -39,8 +39,8 @@ echo \"ok: exit status $rc\""
 set_tests_properties(mpi.abort_all PROPERTIES LABELS mpi ENVIRONMENT "${sq_mpi_env}" TIMEOUT 90)
 
 # `shardquant run` under mpirun: byte-identical exports across layouts, kill -9 at named and
-# random points, corrupted checkpoints, and the refusals (tests/mpi/distributed_run.sh).
-foreach(case layouts named-kills random-kills corruption refusals)
+# random points, corrupted checkpoints, the refusals, and stops on SIGUSR1/SIGTERM (tests/mpi/distributed_run.sh).
+foreach(case layouts named-kills random-kills corruption refusals signals)
   add_test(NAME mpi.run.${case}
            COMMAND bash ${sq_mpi_dir}/distributed_run.sh ${MPIEXEC_EXECUTABLE}
                    $<TARGET_FILE:shardquant> ${CMAKE_BINARY_DIR}/test_tmp/mpi_run_${case} ${case})
