@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
                                           : Level::info);
   });
   sq::cli::add_run_command(app);
+  sq::cli::add_plan_command(app);
   sq::cli::add_synth_command(app);
   sq::cli::add_eval_command(app);
   sq::cli::add_inspect_command(app);
