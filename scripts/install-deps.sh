@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libopenblas-dev libssl-dev
   python3 python3-venv
+  # the one-node Slurm cluster of the slurm tests (tests/slurm/cluster.sh starts the daemons)
+  munge slurmctld slurmd slurm-client
 )
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
