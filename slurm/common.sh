@@ -107,6 +107,7 @@ sq_choose_launcher() {
 # Signal handling. The traps only record and forward: bash runs a trap only between commands or
 # while it waits, so the launcher runs in the background and sq_main waits for it.
 sq_usr1=0            # a USR1 arrived (stop and come back)
+sq_term=0            # a TERM arrived (Slurm ends the job: cancel, time limit, requeue, preemption)
 sq_term_reason=      # Slurm's job reason when TERM arrived (TimeLimit at the time limit)
 sq_term_restarts=    # Slurm's restart count when TERM arrived (rises when Slurm requeued it)
 sq_requeued=0        # this script asked Slurm to requeue the job
@@ -123,6 +124,7 @@ sq_forward() {  # signal
   if [[ $sig == USR1 ]]; then
     sq_usr1=1
   else
+    sq_term=1
     local info
     info=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null || true)
     sq_term_reason=$(grep -o ' Reason=[^ ]*' <<<"$info" | cut -d= -f2 || true)
@@ -213,7 +215,7 @@ sq_main() {
 
   # Why did it stop, and should the job come back?
   local why=
-  if [[ -n $sq_term_reason ]]; then
+  if ((sq_term)); then
     if [[ $sq_term_reason == TimeLimit ]]; then
       why="time limit reached (SIGTERM)"
     elif [[ -n $sq_term_restarts && $sq_term_restarts -gt $restarts ]]; then
@@ -221,8 +223,8 @@ sq_main() {
         "preemption; restart count $restarts -> $sq_term_restarts); it resumes when it starts again"
       exit "$status"
     else
-      sq_log "requeue: no: SIGTERM without a time limit or requeue (scancel?); the job stays" \
-        "ended; resubmit the same way to resume"
+      sq_log "requeue: no: SIGTERM without a time limit or requeue (scancel?; job reason:" \
+        "${sq_term_reason:-unknown}); the job stays ended; resubmit the same way to resume"
       exit "$status"
     fi
   elif ((sq_usr1)); then
