@@ -296,7 +296,11 @@ RunSummary RankRun::run() {
 }
 
 void RankRun::prepare() {
-  const std::string root = options_.resume_dir.empty() ? recipe_.output_dir : options_.resume_dir;
+  if (!options_.resume_dir.empty() && !options_.output_dir.empty())
+    fail("run: --output is for a new run; --resume continues the run in its own directory");
+  const std::string root = !options_.resume_dir.empty()   ? options_.resume_dir
+                           : !options_.output_dir.empty() ? options_.output_dir
+                                                          : recipe_.output_dir;
   resuming_ = !options_.resume_dir.empty();
   dir_.emplace(root);
   std::error_code ec;

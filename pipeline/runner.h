@@ -24,7 +24,8 @@ struct RunSummary {
 };
 
 struct RunOptions {
-  std::string resume_dir;        // continue this run directory; empty: a new run in output_dir
+  std::string resume_dir;        // continue this run directory; empty: a new run
+  std::string output_dir;        // a new run's directory instead of the recipe's output
   int replicas = 0;              // data-parallel replicas; 0: Partition::default_replicas
   std::int64_t chunk_bytes = 0;  // largest MPI message; 0: MPI's own limit (lowered by tests)
 };

@@ -148,19 +148,14 @@ sq_main() {
   [[ -f $recipe ]] || sq_die "recipe $recipe not found (SQ_RECIPE)"
   [[ -x $bin ]] || sq_die "$bin is not an executable (SQ_BIN; build with scripts/build.sh)"
 
-  # The run directory: the recipe's output. A new run writes there (shardquant takes it from the
-  # recipe); a requeued job finds run.json there and resumes.
-  local recipe_out run_dir
-  recipe_out=$(sq_recipe_output "$recipe")
+  # The run directory: SQ_RUN_DIR, else the recipe's output. A new run is started there with
+  # --output; a requeued job finds run.json there and resumes.
+  local run_dir
   if [[ -n ${SQ_RUN_DIR:-} ]]; then
     run_dir=$(sq_abs "$SQ_RUN_DIR")
-    if [[ -n $recipe_out && $recipe_out != "$run_dir" ]]; then
-      sq_die "SQ_RUN_DIR=$run_dir is not the output of $recipe ($recipe_out): a new run writes" \
-        "to the recipe's output; set SQ_RUN_DIR to it or edit the recipe"
-    fi
   else
-    [[ -n $recipe_out ]] || sq_die "cannot read a plain 'output: DIR' line in $recipe; set SQ_RUN_DIR"
-    run_dir=$recipe_out
+    run_dir=$(sq_recipe_output "$recipe")
+    [[ -n $run_dir ]] || sq_die "cannot read a plain 'output: DIR' line in $recipe; set SQ_RUN_DIR"
   fi
 
   local grace=${SQ_STOP_GRACE:-120}
@@ -181,7 +176,7 @@ sq_main() {
     run+=(--resume "$run_dir" "$recipe")
   else
     sq_log "new run: no $run_dir/run.json"
-    run+=("$recipe")
+    run+=("$recipe" --output "$run_dir")
   fi
   run+=("$@")
   sq_log "SQ_STOP_GRACE=$grace s (a stop request finishes only work that ends within it)"

@@ -12,8 +12,8 @@
 #
 # Run settings (environment variables; relative paths start from the submit directory):
 #   SQ_RECIPE        recipe (default: configs/llama2-70b-w8a8.yaml of this repository)
-#   SQ_RUN_DIR       run directory; must be the recipe's `output:` (default: read from the
-#                    recipe's `output:` line). The job resumes when SQ_RUN_DIR/run.json exists.
+#   SQ_RUN_DIR       run directory (default: the recipe's `output:` line); a new run is started
+#                    there with --output. The job resumes when SQ_RUN_DIR/run.json exists.
 #   SQ_BIN           shardquant binary (default: build/shardquant of this repository)
 #   SQ_LAUNCHER      auto (default: srun --mpi=pmix when `srun --mpi=list` offers pmix, else
 #                    srun --mpi=pmi2, else mpirun; the job log says which and why) | srun | mpirun

@@ -20,7 +20,7 @@ void add_run_command(CLI::App& app) {
       "Run a quantization recipe (YAML) on every rank of the job (mpirun/srun): calibration, "
       "smoothing, weight quantization, checkpoints, export, evaluation");
   struct Options {
-    std::string recipe, resume;
+    std::string recipe, resume, output;
     int replicas = 0;
     long long chunk_bytes = 0;
   };
@@ -31,6 +31,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--resume", o->resume,
                   "Continue the run in this directory (any rank count): finished (block, stage) "
                   "units are kept, corrupt or missing ones recomputed");
+  cmd->add_option("--output", o->output,
+                  "Run directory of a new run, instead of the recipe's output (the recipe's "
+                  "hash does not include it)");
   cmd->add_option("--replicas", o->replicas,
                   "Data-parallel replicas (ranks = pipeline stages x replicas); default: as "
                   "many pipeline stages as blocks allow")
