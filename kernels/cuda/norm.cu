@@ -1,45 +1,22 @@
 // RMSNorm and LayerNorm kernels: one thread block per row; threads stride over the columns
-// (coalesced), then reduce through warp shuffles and one shared-memory exchange between warps.
+// (coalesced), then reduce through warp shuffles and one shared-memory exchange between warps
+// (reduce.cuh).
 #include "kernels/cuda/norm.h"
 
 #include <climits>
 
 #include "core/error.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/reduce.cuh"
 
 namespace sq::cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kMaxThreads = 256;  // rows are the parallelism; 256 threads keep 4096 cols at 16 each
+using detail::block_sum;
 
-__device__ float warp_sum(float v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum of `v` over the block, returned to every thread. blockDim.x must be a multiple of 32. Safe
-// to call repeatedly: the first barrier keeps a call from overwriting what the previous call's
-// readers still need.
-__device__ float block_sum(float v) {
-  __shared__ float partial[kMaxThreads / kWarp];
-  __shared__ float total;
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < warps ? partial[lane] : 0.0f;
-    v = warp_sum(v);
-    if (lane == 0) total = v;
-  }
-  __syncthreads();
-  return total;
-}
+// Rows are the parallelism; 256 threads keep 4096 cols at 16 each. The fused RMSNorm + quantize
+// kernel (quant.cu) uses the same count so that its inv_rms has the same bits.
+constexpr int kMaxThreads = detail::kNormThreads;
 
 __global__ void rms_norm_kernel(const float* __restrict__ x, i64 cols,
                                 const float* __restrict__ weight, float eps,
@@ -47,10 +24,7 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, i64 cols,
   const i64 row = blockIdx.x;
   const float* xr = x + row * cols;
   float* yr = out + row * cols;
-  float sum_sq = 0.0f;
-  for (i64 j = threadIdx.x; j < cols; j += blockDim.x) sum_sq += xr[j] * xr[j];
-  sum_sq = block_sum(sum_sq);
-  const float inv_rms = rsqrtf(sum_sq / static_cast<float>(cols) + eps);
+  const float inv_rms = detail::row_inv_rms(xr, cols, eps);
   for (i64 j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = xr[j] * inv_rms * weight[j];
 }
 
@@ -80,11 +54,7 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, i64 cols,
   }
 }
 
-// Threads per block: the columns rounded up to whole warps, at most kMaxThreads.
-int threads_for(i64 cols) {
-  const i64 warps = (cols + kWarp - 1) / kWarp;
-  return static_cast<int>(warps * kWarp < kMaxThreads ? warps * kWarp : kMaxThreads);
-}
+int threads_for(i64 cols) { return detail::threads_for_cols(cols, kMaxThreads); }
 
 void check_shape(const char* kernel, i64 rows, i64 cols) {
   if (rows < 0 || cols < 0) fail("{}: negative shape [{}, {}]", kernel, rows, cols);
