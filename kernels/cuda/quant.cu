@@ -279,10 +279,11 @@ void rms_norm_quantize_per_token(const float* x, i64 rows, i64 cols, const float
     fail("cuda::rms_norm_quantize_per_token: negative shape [{}, {}]", rows, cols);
   const Format f = resolve(format);
   require_zero_point(f, zero_point);
-  // No columns: rms_norm writes nothing, so neither does this (not even parameters).
-  if (rows == 0 || cols == 0) return;
+  if (rows == 0) return;
   check_blocks("cuda::rms_norm_quantize_per_token", rows);
-  const int threads = detail::threads_for_cols(cols, detail::kNormThreads);
+  // cols == 0 still writes each row's parameters (kMinScale), as quantize_per_token does; for
+  // cols > 0 the count is rms_norm's (at least one warp already).
+  const int threads = std::max(detail::kWarp, detail::threads_for_cols(cols, detail::kNormThreads));
   rms_norm_quantize_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(
       x, cols, weight, eps, f, q, scale, zero_point);
   SQ_CUDA_CHECK(cudaGetLastError());

@@ -275,12 +275,18 @@ TEST(CudaQuantEdges, ZeroRowsAndEmptyRows) {
     EXPECT_EQ(gpu.scale[0], sq::cpu::kMinScale);
     const PerToken empty = per_token_on_gpu({}, 3, 0, format);
     expect_same_per_token(empty, per_token_on_cpu({}, 3, 0, format), 1, format_name(format));
+    DeviceBuffer<float> d_scale(3);
+    DeviceBuffer<std::int32_t> d_zp(3);
+    sq::cuda::rms_norm_quantize_per_token(nullptr, 3, 0, nullptr, 1e-6f, format, nullptr,
+                                          d_scale.data(), d_zp.data(), nullptr);
+    sq::cuda::synchronize();
+    expect_same_bits(sq::cuda::to_host(d_scale), empty.scale, 1, "fused, no columns: scale");
   }
   EXPECT_NO_THROW(
       sq::cuda::quantize_per_token(nullptr, 0, 4096, {}, nullptr, nullptr, nullptr, nullptr));
   EXPECT_NO_THROW(sq::cuda::fake_quantize(nullptr, 0, 19, {}, {}, nullptr, nullptr, nullptr));
   EXPECT_NO_THROW(sq::cuda::fake_quantize_dynamic(nullptr, 19, 0, {}, {}, nullptr));
-  EXPECT_NO_THROW(sq::cuda::rms_norm_quantize_per_token(nullptr, 19, 0, nullptr, 1e-6f, {}, nullptr,
+  EXPECT_NO_THROW(sq::cuda::rms_norm_quantize_per_token(nullptr, 0, 19, nullptr, 1e-6f, {}, nullptr,
                                                         nullptr, nullptr, nullptr));
   sq::cuda::synchronize();
 }
