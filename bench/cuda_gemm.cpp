@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "cuda_timing.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
 
@@ -25,23 +26,7 @@ namespace {
 using sq::cuda::DeviceBuffer;
 using i64 = std::int64_t;
 
-// Seconds per call of `fn`, averaged over `iterations` calls after 3 warm-up calls.
-template <typename Fn>
-double time_per_call(int iterations, Fn fn) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaEvent_t start = nullptr, stop = nullptr;
-  SQ_CUDA_CHECK(cudaEventCreate(&start));
-  SQ_CUDA_CHECK(cudaEventCreate(&stop));
-  SQ_CUDA_CHECK(cudaEventRecord(start, nullptr));
-  for (int i = 0; i < iterations; ++i) fn();
-  SQ_CUDA_CHECK(cudaEventRecord(stop, nullptr));
-  SQ_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0.0f;
-  SQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  SQ_CUDA_CHECK(cudaEventDestroy(start));
-  SQ_CUDA_CHECK(cudaEventDestroy(stop));
-  return double(ms) / 1e3 / iterations;
-}
+using sq::bench::time_per_call;
 
 // A xorshift stream: fast enough for the ~700 MB of inputs of the largest shape.
 struct Xorshift {
