@@ -225,14 +225,6 @@ std::vector<std::int64_t> Communicator::allgather(const std::vector<std::int64_t
   return all;
 }
 
-std::vector<double> Communicator::allreduce_max(const std::vector<double>& mine) const {
-  std::vector<double> out(mine.size());
-  check_mpi(MPI_Allreduce(mine.data(), out.data(), static_cast<int>(mine.size()), MPI_DOUBLE,
-                          MPI_MAX, comm_),
-            "MPI_Allreduce(MAX)", world_rank_or_minus_one());
-  return out;
-}
-
 // ---- MpiWorld ----
 
 namespace {

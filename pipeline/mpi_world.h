@@ -103,8 +103,6 @@ class Communicator {
   void broadcast(std::vector<std::int64_t>& values, int root) const;
   // Collective: the concatenation, in rank order, of every rank's `mine` (same size everywhere).
   std::vector<std::int64_t> allgather(const std::vector<std::int64_t>& mine) const;
-  // Collective: the elementwise maximum of `mine` (same size everywhere) on every rank.
-  std::vector<double> allreduce_max(const std::vector<double>& mine) const;
 
   // While set, every blocking operation of this communicator (send, recv, barrier, the reducer's
   // all-reduces) waits by polling and calls the hook between polls; an exception from the hook

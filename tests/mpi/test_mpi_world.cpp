@@ -311,3 +311,51 @@ TEST(MpiReducer, SumSamplesBadRangesFailOnEveryRank) {
 }
 
 }  // namespace
+
+TEST(MpiErrors, FirstFailedRankIsTheLowestFailingRank) {
+  const Communicator& comm = mpi_world().comm();
+  EXPECT_EQ(comm.first_failed_rank(false), -1);
+  // Every odd rank fails: the lowest is 1 (none with one rank).
+  const int expected = comm.size() > 1 ? 1 : -1;
+  EXPECT_EQ(comm.first_failed_rank(comm.rank() % 2 == 1), expected);
+  EXPECT_EQ(comm.first_failed_rank(true), 0);
+}
+
+TEST(MpiComm, AllgatherAndBroadcast) {
+  const Communicator& comm = mpi_world().comm();
+  const auto all = comm.allgather({comm.rank(), 10 * comm.rank()});
+  ASSERT_EQ(all.size(), 2u * static_cast<std::size_t>(comm.size()));
+  for (int r = 0; r < comm.size(); ++r) {
+    EXPECT_EQ(all[2 * r], r);
+    EXPECT_EQ(all[2 * r + 1], 10 * r);
+  }
+  std::vector<std::int64_t> v = {comm.rank() == 0 ? 42 : -1, comm.rank()};
+  comm.broadcast(v, 0);
+  EXPECT_EQ(v, (std::vector<std::int64_t>{42, 0}));
+}
+
+TEST(MpiComm, WaitHookThatThrowsAbandonsARecvCleanly) {
+  // A receive nobody sends to: the hook is called while it waits; its exception cancels the
+  // receive (no request is left behind) and propagates.
+  Communicator comm = mpi_world().comm().dup();
+  int calls = 0;
+  struct GiveUp {};
+  comm.set_wait_hook([&] {
+    if (++calls == 5) throw GiveUp{};
+  });
+  float x = 0;
+  const int before = Communicator::abandoned_requests();
+  EXPECT_THROW(comm.recv(&x, 1, comm.rank(), Tag::control), GiveUp);
+  EXPECT_EQ(calls, 5);
+  EXPECT_EQ(Communicator::abandoned_requests(), before);  // a cancelled receive is not abandoned
+  // The communicator still works afterwards: a message to self goes through with the hook set.
+  comm.set_wait_hook([] {});
+  float y = 3.5f, z = 0;
+  MPI_Request request = MPI_REQUEST_NULL;
+  ASSERT_EQ(MPI_Isend(&y, 1, MPI_FLOAT, comm.rank(), static_cast<int>(Tag::hidden), comm.native(),
+                      &request),
+            MPI_SUCCESS);
+  comm.recv(&z, 1, comm.rank(), Tag::hidden);
+  comm.wait(request, Communicator::Pending::send, "MPI_Isend");
+  EXPECT_EQ(z, 3.5f);
+}
