@@ -47,8 +47,10 @@ void add_run_command(CLI::App& app) {
     const std::string recipe_file =
         o->recipe.empty() ? pipeline::RunDirectory::recorded_recipe(o->resume) : o->recipe;
     const io::Recipe recipe = io::load_recipe(recipe_file);
-    pipeline::run_recipe(
-        recipe, {.resume_dir = o->resume, .replicas = o->replicas, .chunk_bytes = o->chunk_bytes});
+    pipeline::run_recipe(recipe, {.resume_dir = o->resume,
+                                  .output_dir = o->output,
+                                  .replicas = o->replicas,
+                                  .chunk_bytes = o->chunk_bytes});
 #else
     fail("run: this build has no MPI/HDF5 (configured with SQ_DISTRIBUTED=OFF)");
 #endif

@@ -212,6 +212,12 @@ refusals)
   # A new run into a finished run's directory is refused, untouched.
   if mpirun_np 1 "$sq" run "$work/ref.yaml" >"$work/again.log" 2>&1; then fail "non-empty run dir accepted"; fi
   grep -q "not empty; continue it with --resume" "$work/again.log" || fail "non-empty message"
+  # --output starts a new run elsewhere than the recipe's output (the recipe hash ignores it).
+  mpirun_np 2 "$sq" run "$work/ref.yaml" --output "$work/elsewhere" >"$work/elsewhere.log" 2>&1 ||
+    { cat "$work/elsewhere.log"; fail "--output"; }
+  check_same "$work/elsewhere" "--output: the run went to the directory given"
+  if "$sq" run --resume "$work/elsewhere" --output "$work/x" >"$work/both.log" 2>&1; then fail "--resume with --output accepted"; fi
+  grep -q "^error: .*--output is for a new run" "$work/both.log" || fail "--resume --output message"
   # Resuming a finished run recomputes nothing and exports the same bytes.
   mpirun_np 3 "$sq" run --resume "$work/ref" >"$work/noop.log" 2>&1 || { cat "$work/noop.log"; fail "noop resume"; }
   ! grep -q "calibrate " "$work/noop.log" || fail "a finished run recomputed a stage on resume"
