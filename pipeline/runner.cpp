@@ -259,6 +259,7 @@ RunSummary RankRun::run() {
   manifest_.emplace(*dir_, attempt_, rank_);
   stop_.emplace(world_.dup());
   work_comm_.emplace(world_.dup());
+  if (options_.chunk_bytes > 0) work_comm_->set_chunk_bytes(options_.chunk_bytes);
   work_comm_->set_wait_hook([this] { stop_->in_wait(); });
   if (rank_ == 0) {
     log::info("run {}: {} ({} blocks), {} x {} calibration tokens in micro-batches of {}; {}",
@@ -312,7 +313,6 @@ void RankRun::prepare() {
   // One BLAS thread per rank unless the recipe says otherwise: OpenBLAS's results depend on its
   // thread count, and ranks share a node's cores anyway.
   cpu::set_blas_threads(recipe_.threads > 0 ? recipe_.threads : 1);
-  if (options_.chunk_bytes > 0) world_.set_chunk_bytes(options_.chunk_bytes);
   model_.emplace(model::Model::open(recipe_.model_dir));
   c_ = &model_->config();
   dtype_ = recipe_.export_.dtype.value_or(c_->torch_dtype);
@@ -735,7 +735,6 @@ void RankRun::process_block(int b) {
 
 void RankRun::process_blocks() {
   Communicator replicas = work_comm_->split(stage_, replica_);
-  if (options_.chunk_bytes > 0) replicas.set_chunk_bytes(options_.chunk_bytes);
   reducer_ = std::make_unique<MpiReducer>(std::move(replicas));
   fault::arm_timer();
   for (int b = blocks_.begin; b < blocks_.end; ++b) process_block(b);
