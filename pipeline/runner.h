@@ -13,6 +13,7 @@
 
 #include "io/recipe.h"
 #include "model/evaluate.h"
+#include "pipeline/evaluation_io.h"
 
 namespace sq::pipeline {
 
@@ -47,19 +48,5 @@ class Interrupted : public std::exception {
 // Collective over the process's MPI world. With more than one rank, an error once work started
 // ends the whole job (pipeline::abort_all) with "error: rank K: ..." rather than returning.
 RunSummary run_recipe(const io::Recipe& recipe, const RunOptions& options = {});
-
-// A token file cut into n_seq sequences of seq_len: seq_len given, else the .npy's second dim,
-// else min(2048, max_position_embeddings); at most `max_sequences`; trailing tokens dropped (and
-// logged); every id checked against the vocabulary (errors name the file and the index).
-struct TokenSet {
-  std::vector<std::uint32_t> ids;
-  std::int64_t n_seq = 0, seq_len = 0;
-};
-TokenSet load_token_set(const std::string& path, std::optional<std::int64_t> seq_len,
-                        std::optional<std::int64_t> max_sequences, const io::ModelConfig& config);
-
-// Prints the comparison table and writes it as JSON (when `json_path` is not empty).
-void report_comparison(const model::Comparison& c, const std::string& test_name,
-                       const std::string& reference_name, const std::string& json_path);
 
 }  // namespace sq::pipeline

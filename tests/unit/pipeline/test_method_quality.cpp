@@ -3,6 +3,8 @@
 // than SmoothQuant at W6A6, all with per-tensor static activations.
 #include <gtest/gtest.h>
 
+#if SQ_WITH_MPI  // the method comparison runs recipes: distributed builds only
+
 #include <cstdio>
 #include <filesystem>
 
@@ -44,3 +46,5 @@ INSTANTIATE_TEST_SUITE_P(Archs, MethodQuality, ::testing::Values(io::Arch::llama
 
 }  // namespace
 }  // namespace sq::pipeline
+
+#endif  // SQ_WITH_MPI
