@@ -16,4 +16,7 @@ source "$root/scripts/lib.sh"
 
 step install scripts/install-deps.sh
 step build scripts/build.sh "$@"
+# The one-rank configuration (SQ_DISTRIBUTED=OFF: no MPI or HDF5; no CUDA) must keep building.
+step build-single-rank bash -c "cmake -S . -B '$build_dir-single-rank' -G Ninja \
+  -DSQ_DISTRIBUTED=OFF -DSQ_CUDA=OFF >/dev/null && cmake --build '$build_dir-single-rank' -j $(nproc)"
 step test ctest --test-dir "$build_dir" --output-on-failure -j2 --timeout 1500
