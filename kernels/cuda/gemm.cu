@@ -99,6 +99,24 @@ struct Matmul {
   i64 lda = 0, ldb = 0, ldd = 0;
 };
 
+// Row-major y [m, n] (ld ldy) = x [m, k] w [n, k]^T (both ld ldk) in that TN form: A = w, B = x,
+// cuBLAS m = n, n = m (gemm.h). Types, scalars and the bias are the caller's to set.
+Matmul row_major_tn(const char* who, const void* x, i64 m, const void* w, i64 n, void* y, i64 k,
+                    i64 ldk, i64 ldy) {
+  Matmul p;
+  p.who = who;
+  p.a = w;
+  p.b = x;
+  p.d = y;
+  p.rows = n;
+  p.cols = m;
+  p.inner = k;
+  p.lda = ldk;
+  p.ldb = ldk;
+  p.ldd = ldy;
+  return p;
+}
+
 void run_matmul(Blas& blas, const Matmul& p, cudaStream_t stream) {
   MatmulDesc desc;
   SQ_LT_CHECK(cublasLtMatmulDescCreate(&desc.desc, p.compute, p.scale_type));
@@ -163,32 +181,23 @@ void check_shape(const char* who, i64 m, i64 k, i64 n) {
   if (m < 0 || k < 0 || n < 0) fail("{}: negative shape m = {}, k = {}, n = {}", who, m, k, n);
 }
 
-// y [m, n] = x [m, k] w [n, k]^T (+ bias) for 16-bit inputs, fp32 accumulation.
-void linear_16bit(Blas& blas, const char* who, cudaDataType_t in_type, const std::uint16_t* x,
-                  i64 m, i64 k, const std::uint16_t* w, const void* bias, i64 n, void* y,
-                  cudaDataType_t out_type, cudaStream_t stream) {
+// y [m, n] = x [m, k] w [n, k]^T (+ bias) for 16-bit or fp32 inputs, fp32 accumulation
+// (CUBLAS_COMPUTE_32F: never TF32, which only CUBLAS_COMPUTE_32F_FAST_TF32 allows).
+void linear_float(Blas& blas, const char* who, cudaDataType_t in_type, const void* x, i64 m, i64 k,
+                  const void* w, const void* bias, i64 n, void* y, cudaDataType_t out_type,
+                  cudaStream_t stream) {
   check_shape(who, m, k, n);
   if (m == 0 || n == 0) return;
   if (k == 0) fail("{}: k = 0 (an empty inner dimension) is not supported", who);
   const float alpha = 1.0f, beta = 0.0f;
-  Matmul p;
-  p.who = who;
+  Matmul p = row_major_tn(who, x, m, w, n, y, k, k, n);
   p.compute = CUBLAS_COMPUTE_32F;
   p.scale_type = CUDA_R_32F;
   p.ab_type = in_type;
   p.d_type = out_type;
   p.alpha = &alpha;
   p.beta = &beta;
-  p.a = w;
-  p.b = x;
-  p.d = y;
   p.bias = bias;
-  p.rows = n;
-  p.cols = m;
-  p.inner = k;
-  p.lda = k;
-  p.ldb = k;
-  p.ldd = n;
   run_matmul(blas, p, stream);
 }
 
@@ -206,23 +215,13 @@ void check_int8_shape(const char* who, i64 m, i64 k, i64 n) {
 void lt_int8(Blas& blas, const char* who, const std::int8_t* x, i64 m, i64 k, i64 ldk,
              const std::int8_t* w, i64 n, std::int32_t* acc, i64 ldn, cudaStream_t stream) {
   const std::int32_t alpha = 1, beta = 0;
-  Matmul p;
-  p.who = who;
+  Matmul p = row_major_tn(who, x, m, w, n, acc, k, ldk, ldn);
   p.compute = CUBLAS_COMPUTE_32I;
   p.scale_type = CUDA_R_32I;
   p.ab_type = CUDA_R_8I;
   p.d_type = CUDA_R_32I;
   p.alpha = &alpha;
   p.beta = &beta;
-  p.a = w;
-  p.b = x;
-  p.d = acc;
-  p.rows = n;
-  p.cols = m;
-  p.inner = k;
-  p.lda = ldk;
-  p.ldb = ldk;
-  p.ldd = ldn;
   run_matmul(blas, p, stream);
 }
 
@@ -410,22 +409,27 @@ void Blas::reset() noexcept {
 
 void linear_bf16(Blas& blas, const std::uint16_t* x, i64 m, i64 k, const std::uint16_t* w,
                  const std::uint16_t* bias, i64 n, std::uint16_t* y, cudaStream_t stream) {
-  linear_16bit(blas, "cuda::linear_bf16", CUDA_R_16BF, x, m, k, w, bias, n, y, CUDA_R_16BF, stream);
+  linear_float(blas, "cuda::linear_bf16", CUDA_R_16BF, x, m, k, w, bias, n, y, CUDA_R_16BF, stream);
 }
 
 void linear_bf16(Blas& blas, const std::uint16_t* x, i64 m, i64 k, const std::uint16_t* w,
                  const float* bias, i64 n, float* y, cudaStream_t stream) {
-  linear_16bit(blas, "cuda::linear_bf16", CUDA_R_16BF, x, m, k, w, bias, n, y, CUDA_R_32F, stream);
+  linear_float(blas, "cuda::linear_bf16", CUDA_R_16BF, x, m, k, w, bias, n, y, CUDA_R_32F, stream);
 }
 
 void linear_f16(Blas& blas, const std::uint16_t* x, i64 m, i64 k, const std::uint16_t* w,
                 const std::uint16_t* bias, i64 n, std::uint16_t* y, cudaStream_t stream) {
-  linear_16bit(blas, "cuda::linear_f16", CUDA_R_16F, x, m, k, w, bias, n, y, CUDA_R_16F, stream);
+  linear_float(blas, "cuda::linear_f16", CUDA_R_16F, x, m, k, w, bias, n, y, CUDA_R_16F, stream);
 }
 
 void linear_f16(Blas& blas, const std::uint16_t* x, i64 m, i64 k, const std::uint16_t* w,
                 const float* bias, i64 n, float* y, cudaStream_t stream) {
-  linear_16bit(blas, "cuda::linear_f16", CUDA_R_16F, x, m, k, w, bias, n, y, CUDA_R_32F, stream);
+  linear_float(blas, "cuda::linear_f16", CUDA_R_16F, x, m, k, w, bias, n, y, CUDA_R_32F, stream);
+}
+
+void linear_f32(Blas& blas, const float* x, i64 m, i64 k, const float* w, const float* bias, i64 n,
+                float* y, cudaStream_t stream) {
+  linear_float(blas, "cuda::linear_f32", CUDA_R_32F, x, m, k, w, bias, n, y, CUDA_R_32F, stream);
 }
 
 // ---- INT8 ----

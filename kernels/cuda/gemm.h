@@ -98,6 +98,9 @@ void linear_f16(Blas& blas, const std::uint16_t* x, i64 m, i64 k, const std::uin
                 const std::uint16_t* bias, i64 n, std::uint16_t* y, cudaStream_t stream);
 void linear_f16(Blas& blas, const std::uint16_t* x, i64 m, i64 k, const std::uint16_t* w,
                 const float* bias, i64 n, float* y, cudaStream_t stream);
+// fp32 in, fp32 out, fp32 accumulation (no TF32): for checkpoints stored in fp32.
+void linear_f32(Blas& blas, const float* x, i64 m, i64 k, const float* w, const float* bias, i64 n,
+                float* y, cudaStream_t stream);
 
 // ---- INT8 ----
 

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda/device.h"
@@ -94,6 +95,37 @@ inline void expect_close(const std::vector<float>& actual, const std::vector<flo
     }
   }
 }
+
+// |actual - expected| <= tolerance[i], a bound of its own for every element (0 demands equal
+// values; NaN fails); at most 10 reports.
+inline void expect_within(const std::vector<float>& actual, const std::vector<float>& expected,
+                          const std::vector<float>& tolerance, i64 cols, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  ASSERT_EQ(tolerance.size(), expected.size()) << what;
+  int reported = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const float error = std::fabs(actual[i] - expected[i]);
+    if (!(error <= tolerance[i])) {
+      ADD_FAILURE() << what << ": row " << i / cols << " col " << i % cols << ": gpu " << actual[i]
+                    << " cpu " << expected[i] << " (error " << error << ", allowed " << tolerance[i]
+                    << ")";
+      if (++reported == 10) return;
+    }
+  }
+}
+
+// Test names of (M, N, K) GEMM problems: "M3_N16_K19".
+struct MnkName {
+  std::string operator()(const ::testing::TestParamInfo<std::tuple<i64, i64, i64>>& p) const {
+    std::string name = "M";  // appended piecewise: "M" + std::string trips GCC 12's -Wrestrict
+    name += std::to_string(std::get<0>(p.param));
+    name += "_N";
+    name += std::to_string(std::get<1>(p.param));
+    name += "_K";
+    name += std::to_string(std::get<2>(p.param));
+    return name;
+  }
+};
 
 inline std::string size_name(i64 rows, i64 cols) {
   return "rows" + std::to_string(rows) + "_cols" + std::to_string(cols);

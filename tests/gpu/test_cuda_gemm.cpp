@@ -2,8 +2,9 @@
 // K in {1, 16, 19, 64, 111, 4096}. Skipped on machines without a CUDA device.
 //
 // INT8: the int32 accumulator of every path (padded, strict, reference) must equal an int64 CPU
-// product exactly. The dequantized bf16 / fp16 outputs must equal, bit for bit, a CPU twin of the
-// epilogue (the same fp32 operations in the same order, then round-to-nearest-even), and lie
+// product exactly. The dequantized bf16 / fp16 outputs must equal, bit for bit, the CPU twin of the
+// epilogue (cpu::dequantize_int8_acc: the same fp32 operations in the same order, then
+// round-to-nearest-even), and lie
 // within the output format's rounding of a double-precision reference:
 //   |out - ref| <= u * |ref| + 2^-21 * (|acc * xs * ws| + |bias|) (+ 2^-25 for fp16 subnormals)
 // with u = 2^-8 (bf16) or 2^-11 (fp16), the 2^-21 term covering the epilogue's three fp32
@@ -29,6 +30,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "cuda_test_support.h"
+#include "kernels/cpu/int4.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
@@ -173,7 +175,12 @@ TEST_P(CudaGemm, Int8MatchesCpuOnEveryPath) {
       sq::cuda::synchronize();
       const std::vector<std::uint16_t> out = sq::cuda::to_host(d_out);
 
+      // The CPU twin of the epilogue (kernels/cpu/int4.h), shared with the W4A4 tests.
       std::vector<std::uint16_t> twin(expected.size());
+      sq::cpu::dequantize_int8_acc(
+          expected.data(), M, N, N, x_scale.data(), w_scale.data(),
+          with_bias ? bias.data() : nullptr, twin.data(),
+          out_type == Half::bf16 ? sq::cpu::HalfFormat::bf16 : sq::cpu::HalfFormat::f16);
       std::vector<float> decoded(expected.size());
       std::vector<double> reference(expected.size()), bound(expected.size());
       const double u = out_type == Half::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
@@ -181,10 +188,6 @@ TEST_P(CudaGemm, Int8MatchesCpuOnEveryPath) {
       for (i64 i = 0; i < M; ++i) {
         for (i64 j = 0; j < N; ++j) {
           const std::size_t e = static_cast<std::size_t>(i * N + j);
-          float v = static_cast<float>(expected[e]) * x_scale[static_cast<std::size_t>(i)];
-          v = v * w_scale[static_cast<std::size_t>(j)];
-          if (with_bias) v = v + bias[static_cast<std::size_t>(j)];
-          twin[e] = to_half_bits(v, out_type);
           const double product = double(expected[e]) *
                                  double(x_scale[static_cast<std::size_t>(i)]) *
                                  double(w_scale[static_cast<std::size_t>(j)]);
@@ -281,15 +284,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(i64{1}, i64{3}, i64{17}, i64{128}),
                        ::testing::Values(i64{1}, i64{16}, i64{19}, i64{64}, i64{111}, i64{4096}),
                        ::testing::Values(i64{1}, i64{16}, i64{19}, i64{64}, i64{111}, i64{4096})),
-    [](const ::testing::TestParamInfo<std::tuple<i64, i64, i64>>& p) {
-      std::string name = "M";  // appended piecewise: "M" + std::string trips GCC 12's -Wrestrict
-      name += std::to_string(std::get<0>(p.param));
-      name += "_N";
-      name += std::to_string(std::get<1>(p.param));
-      name += "_K";
-      name += std::to_string(std::get<2>(p.param));
-      return name;
-    });
+    MnkName());
 
 // The strict path refuses, before launching anything, each unmet requirement by name; the padded
 // path runs the same problems. Unaligned pointers: an operand starting 1 byte into its buffer.
