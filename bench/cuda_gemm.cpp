@@ -6,9 +6,19 @@
 // alone and INT8 GEMM + epilogue (per-token x per-channel scales, bf16 out; linear_int8 on the
 // strict path: these shapes are aligned, nothing is copied) in TOPS; 2 M N K operations each; and
 // the ratio int8 (with epilogue) / bf16. Inputs are random (zeros would flatter the power draw).
+//
+// W4A4 at decode sizes, M in {1, 8, 16} tokens on (N, K) = (8192, 8192) and (28672, 8192): the
+// bf16 linear (cuBLASLt) and linear_w4a4 (packed 4-bit x and w, per-token x per-channel scales
+// fused into the store, bf16 out: one launch), timed in the same run. These are weight streams,
+// so each figure is the time per call, the effective weight-read bandwidth (weight bytes / time,
+// TB/s) and the speed-up bf16 time / w4a4 time; the per-token int4 activation quantization
+// (quantize_per_token_int4, fp32 in) is timed on its own. Each side cycles through enough copies
+// of its weights (at least 4x the L2) that every call reads them from device memory, as a
+// model's layers would.
 // Exits 0 with "no CUDA device: skipped" on a machine without a GPU.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +30,7 @@
 #include "cuda_timing.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/int4.h"
 
 namespace {
 
@@ -100,37 +111,91 @@ void run(sq::cuda::Blas& blas, i64 m, i64 n, i64 k, int iterations) {
       bf16, t_gemm8 * 1e6, gemm8, t_linear8 * 1e6, linear8, linear8 / bf16, gemm8 / bf16);
 }
 
+std::vector<std::int32_t> random_words(std::size_t n, Xorshift& rng) {
+  std::vector<std::int32_t> v(n);  // every bit pattern is 8 valid 4-bit codes
+  for (auto& w : v) w = static_cast<std::int32_t>(rng.next());
+  return v;
+}
+
+// Copies of one weight matrix, enough that cycling through them reads at least 4x the L2 bytes.
+template <typename T>
+std::vector<DeviceBuffer<T>> weight_copies(const std::vector<T>& host, std::size_t l2_bytes) {
+  const std::size_t bytes = host.size() * sizeof(T);
+  const std::size_t count = std::max<std::size_t>(1, (4 * l2_bytes + bytes - 1) / bytes);
+  std::vector<DeviceBuffer<T>> copies;
+  for (std::size_t i = 0; i < count; ++i) copies.push_back(sq::cuda::to_device(host));
+  return copies;
+}
+
+void run_w4a4(sq::cuda::Blas& blas, i64 m, i64 n, i64 k, int iterations, std::size_t l2_bytes) {
+  Xorshift rng;
+  const i64 words = sq::cpu::int4_row_words(k);
+  const auto mk = static_cast<std::size_t>(m * k), mn = static_cast<std::size_t>(m * n);
+  DeviceBuffer<std::uint16_t> y(mn), out(mn);
+  double t_bf16 = 0.0, t_w4a4 = 0.0, t_quant = 0.0;
+  {
+    const DeviceBuffer<std::uint16_t> x = sq::cuda::to_device(random_bf16(mk, rng));
+    const auto w = weight_copies(random_bf16(static_cast<std::size_t>(n * k), rng), l2_bytes);
+    std::size_t call = 0;
+    t_bf16 = time_per_call(iterations, [&] {
+      sq::cuda::linear_bf16(blas, x.data(), m, k, w[call++ % w.size()].data(),
+                            static_cast<const std::uint16_t*>(nullptr), n, y.data(), nullptr);
+    });
+  }
+  {
+    std::vector<float> x_host(mk);
+    for (auto& v : x_host) v = rng.uniform();
+    const DeviceBuffer<float> x = sq::cuda::to_device(x_host);
+    DeviceBuffer<std::int32_t> x_packed(static_cast<std::size_t>(m * words));
+    DeviceBuffer<float> x_scale(static_cast<std::size_t>(m));
+    t_quant = time_per_call(iterations, [&] {
+      sq::cuda::quantize_per_token_int4(x.data(), m, k, sq::cuda::IntFormat{4, true},
+                                        x_packed.data(), x_scale.data(), nullptr);
+    });
+    const auto w = weight_copies(random_words(static_cast<std::size_t>(n * words), rng), l2_bytes);
+    const DeviceBuffer<float> w_scale =
+        sq::cuda::to_device(random_scales(static_cast<std::size_t>(n), rng));
+    std::size_t call = 0;
+    t_w4a4 = time_per_call(iterations, [&] {
+      sq::cuda::linear_w4a4(x_packed.data(), x_scale.data(), m, k, w[call++ % w.size()].data(),
+                            w_scale.data(), nullptr, n, out.data(), sq::cuda::Half::bf16, nullptr);
+    });
+  }
+  sq::cuda::synchronize();
+  const double bytes_bf16 = 2.0 * double(n) * double(k), bytes_w4a4 = 4.0 * double(n * words);
+  std::printf(
+      "M %2lld N %-5lld K %-5lld | bf16: %7.1f us %5.2f TB/s | w4a4 + epilogue: %7.1f us %5.2f "
+      "TB/s | speed-up %.2fx | int4 activation quantization: %6.1f us\n",
+      static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), t_bf16 * 1e6,
+      bytes_bf16 / t_bf16 / 1e12, t_w4a4 * 1e6, bytes_w4a4 / t_w4a4 / 1e12, t_bf16 / t_w4a4,
+      t_quant * 1e6);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int iterations = 20;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
-      iterations = std::atoi(argv[++i]);
-    } else {
-      std::fprintf(stderr, "usage: %s [--iterations N]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (iterations < 1) iterations = 1;
-  if (sq::cuda::device_count() == 0) {
-    std::printf("no CUDA device: skipped\n");
-    return 0;
-  }
+  const auto parsed = sq::bench::parse_iterations(argc, argv);
+  if (!parsed) return 2;
+  const int iterations = *parsed;
+  if (sq::bench::skip_without_device()) return 0;
   try {
-    cudaDeviceProp prop{};
-    SQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     // linear_int8 takes its int32 accumulator from the stream-ordered pool on every call; keep
     // freed memory in the pool so the timing does not include returning it to the driver.
     cudaMemPool_t pool = nullptr;
     SQ_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
     std::uint64_t keep = UINT64_MAX;
     SQ_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-    std::printf("device: %s, %d iterations per figure\n", prop.name, iterations);
+    const cudaDeviceProp prop = sq::bench::describe_device(iterations);
     sq::cuda::Blas blas;
     run(blas, 4096, 8192, 8192, iterations);
     run(blas, 4096, 28672, 8192, iterations);
     run(blas, 4096, 8192, 28672, iterations);
+    std::printf("W4A4 at decode sizes (weights cycled through >= 4x the %d MB L2):\n",
+                prop.l2CacheSize >> 20);
+    const auto l2 = static_cast<std::size_t>(prop.l2CacheSize);
+    for (const i64 n : {i64{8192}, i64{28672}}) {
+      for (const i64 m : {i64{1}, i64{8}, i64{16}}) run_w4a4(blas, m, n, 8192, iterations, l2);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -1,12 +1,19 @@
 // Per-token INT8 activation quantization (sq::cuda::quantize_per_token, absmax / 127) on LLaMA-70B
-// activation shapes, against the device's copy bandwidth measured in the same run.
+// activation shapes, against the device's copy bandwidth measured in the same run; then fused
+// causal attention (sq::cuda::attention) at the LLaMA-2-70B head shape against the fp32 FMA peak.
 //   bench_cuda_kernels [--iterations N]
 // Bytes moved per quantization: the f32 input read once from DRAM (the kernel's second pass over a
 // row is meant to hit L1/L2), the int8 codes and one f32 scale per row written. A device-to-device
 // cudaMemcpy of the input's size moves 2 x its bytes (read + write). The ratio is how close the
-// kernel gets to a plain copy. Exits 0 with "no CUDA device: skipped" on a machine without a GPU.
+// kernel gets to a plain copy.
+// Attention flops: the causal half of Q K^T and of P V, 2 x 2 x (tq x tk / 2) x head_dim per q
+// head (the softmax's exps are not counted). The ceiling is the device's fp32 FMA rate: SMs x 128
+// fp32 lanes x 2 flop x peak clock (128 lanes per SM on Hopper, Ada and GA10x; an A100 has 64, so
+// there the ratio would read half of the truth).
+// Exits 0 with "no CUDA device: skipped" on a machine without a GPU.
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +22,7 @@
 #include <vector>
 
 #include "cuda_timing.h"
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/quant.h"
 
@@ -68,29 +76,75 @@ void run(i64 rows, i64 cols, int iterations) {
       t_copy * 1e6, copy_gbs, quant_gbs / copy_gbs);
 }
 
+// Uniform values in [-1, 1) from a xorshift stream (attention inputs: the values only need to be
+// finite; the kernel's work does not depend on them).
+std::vector<float> uniform(std::size_t n, std::uint32_t s) {
+  std::vector<float> x(n);
+  for (float& v : x) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    v = float(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
+  }
+  return x;
+}
+
+// fp32 FMA peak of device 0 in flop/s, printed with how it was computed.
+double fp32_peak(const cudaDeviceProp& prop) {
+  int clock_khz = 0;
+  SQ_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
+  constexpr int kLanes = 128;  // fp32 FMA lanes per SM
+  const double peak = double(prop.multiProcessorCount) * kLanes * 2.0 * double(clock_khz) * 1e3;
+  std::printf(
+      "fp32 FMA ceiling: %d SMs x %d lanes x 2 flop x %.3f GHz (peak clock) = %.1f TFLOP/s\n",
+      prop.multiProcessorCount, kLanes, double(clock_khz) / 1e6, peak / 1e12);
+  return peak;
+}
+
+// LLaMA-2-70B attention: 64 q heads, 8 kv heads, head_dim 128, one sequence of t tokens (tq = tk).
+void run_attention(i64 t, int iterations, double peak) {
+  constexpr i64 kQHeads = 64, kKvHeads = 8, kHeadDim = 128;
+  sq::cpu::AttentionShape s;
+  s.tq = s.tk = t;
+  s.q_heads = kQHeads;
+  s.kv_heads = kKvHeads;
+  s.head_dim = kHeadDim;
+  s.q_stride = s.out_stride = kQHeads * kHeadDim;
+  s.kv_stride = kKvHeads * kHeadDim;
+  s.scale = 1.0f / std::sqrt(float(kHeadDim));
+  const DeviceBuffer<float> q = sq::cuda::to_device(uniform(std::size_t(t * s.q_stride), 1u));
+  const DeviceBuffer<float> k = sq::cuda::to_device(uniform(std::size_t(t * s.kv_stride), 2u));
+  const DeviceBuffer<float> v = sq::cuda::to_device(uniform(std::size_t(t * s.kv_stride), 3u));
+  DeviceBuffer<float> out(std::size_t(t * s.out_stride));
+
+  const double seconds = time_per_call(iterations, [&] {
+    sq::cuda::attention(s, 1, q.data(), k.data(), v.data(), out.data(), nullptr);
+  });
+  sq::cuda::synchronize();
+
+  const double flops = 4.0 * (double(t) * double(t) / 2.0) * double(kHeadDim) * double(kQHeads);
+  const double achieved = flops / seconds;
+  std::printf(
+      "attention tq = tk = %-5lld %lld/%lld heads, d %lld: %9.1f us %7.2f TFLOP/s | %.3f of the "
+      "fp32 FMA ceiling\n",
+      static_cast<long long>(t), static_cast<long long>(kQHeads), static_cast<long long>(kKvHeads),
+      static_cast<long long>(kHeadDim), seconds * 1e6, achieved / 1e12, achieved / peak);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int iterations = 20;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
-      iterations = std::atoi(argv[++i]);
-    } else {
-      std::fprintf(stderr, "usage: %s [--iterations N]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (iterations < 1) iterations = 1;
-  if (sq::cuda::device_count() == 0) {
-    std::printf("no CUDA device: skipped\n");
-    return 0;
-  }
+  const auto parsed = sq::bench::parse_iterations(argc, argv);
+  if (!parsed) return 2;
+  const int iterations = *parsed;
+  if (sq::bench::skip_without_device()) return 0;
   try {
-    cudaDeviceProp prop{};
-    SQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("device: %s, %d iterations per figure\n", prop.name, iterations);
+    const cudaDeviceProp prop = sq::bench::describe_device(iterations);
     run(4096, 8192, iterations);
     run(4096, 28672, iterations);
+    const double peak = fp32_peak(prop);
+    run_attention(2048, iterations, peak);
+    run_attention(4096, iterations, peak);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -1,11 +1,46 @@
-// Timing of CUDA work for the GPU benchmarks: CUDA events around a batch of calls.
+// What the GPU benchmarks share: their command line, the skip without a device, and CUDA events
+// around a batch of calls.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
 #include "kernels/cuda/device.h"
 
 namespace sq::bench {
+
+// `[--iterations N]` (default 20, at least 1); nothing on a usage error (printed).
+inline std::optional<int> parse_iterations(int argc, char** argv) {
+  int iterations = 20;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
+      iterations = std::atoi(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: %s [--iterations N]\n", argv[0]);
+      return std::nullopt;
+    }
+  }
+  return iterations < 1 ? 1 : iterations;
+}
+
+// True (after saying so) when there is no device to benchmark: the benchmark then exits 0.
+inline bool skip_without_device() {
+  if (cuda::device_count() > 0) return false;
+  std::printf("no CUDA device: skipped\n");
+  return true;
+}
+
+// Device 0's properties, after printing its name and the iteration count (every figure's header).
+inline cudaDeviceProp describe_device(int iterations) {
+  cudaDeviceProp prop{};
+  SQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d iterations per figure\n", prop.name, iterations);
+  return prop;
+}
 
 // Seconds per call of `fn`, averaged over `iterations` calls after 3 warm-up calls, measured with
 // events on the default stream (fn must enqueue its work there).
