@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "export_reference.h"
 #include "model/synth.h"
 #include "stages/export.h"
 
@@ -26,6 +27,8 @@ using model::LinearRole;
 using model::NormRole;
 using Strategy = ExportScheme::WeightStrategy;
 using ActStrategy = ExportScheme::ActivationStrategy;
+using test::round_to;
+using test::rtn;
 
 constexpr int kLayers = 4;
 constexpr std::uint64_t kShardBytes = 16 * 1024;  // several shards, blocks split across them
@@ -68,49 +71,6 @@ std::string synth_model(const std::string& name, io::Arch arch, DType dtype) {
   model::write_synth_model(s, dir);
   std::ofstream(fs::path(dir) / "tokenizer.json", std::ios::binary) << "{\"version\": \"1.0\"}\n";
   return dir;
-}
-
-float round_to(float x, DType dtype) {
-  switch (dtype) {
-    case DType::bf16:
-      return bf16_to_f32(f32_to_bf16(x));
-    case DType::f16:
-      return f16_to_f32(f32_to_f16(x));
-    default:
-      return x;
-  }
-}
-
-// Symmetric int8 round-to-nearest with scales rounded to the export dtype; the block's weights
-// become the dequantized ones, as export requires.
-QuantizedLinear rtn(model::Linear& linear, Strategy strategy, DType dtype) {
-  const std::int64_t rows = linear.out_features(), cols = linear.in_features();
-  const std::int64_t n = strategy == Strategy::channel ? rows : 1;
-  const float* w = linear.weight.data<float>();
-  std::vector<float> absmax(static_cast<std::size_t>(n), 0.0f);
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t c = 0; c < cols; ++c) {
-      float& m = absmax[static_cast<std::size_t>(n == 1 ? 0 : r)];
-      m = std::max(m, std::fabs(w[r * cols + c]));
-    }
-  QuantizedLinear q;
-  q.weight_scale = Tensor::zeros(DType::f32, {n});
-  float* s = q.weight_scale.mutable_data<float>();
-  for (std::int64_t i = 0; i < n; ++i)
-    s[i] = round_to(absmax[static_cast<std::size_t>(i)] / 127.0f, dtype);
-  q.weight_q = Tensor::zeros(DType::i8, {rows, cols});
-  Tensor deq = Tensor::zeros(DType::f32, {rows, cols});
-  auto* qv = q.weight_q.mutable_data<std::int8_t>();
-  auto* dv = deq.mutable_data<float>();
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const float scale = s[n == 1 ? 0 : r];
-      const float v = std::clamp(std::nearbyint(w[r * cols + c] / scale), -128.0f, 127.0f);
-      qv[r * cols + c] = static_cast<std::int8_t>(v);
-      dv[r * cols + c] = v * scale;
-    }
-  linear.weight = deq;
-  return q;
 }
 
 QuantizedBlock quantize_block(const model::Model& m, int layer, const ExportScheme& scheme) {
