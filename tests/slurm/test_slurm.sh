@@ -118,8 +118,20 @@ if [[ $2 == --resume ]]; then
   exit 0
 fi
 mkdir -p "$SQ_RUN_DIR" && touch "$SQ_RUN_DIR/run.json"
-trap 'echo "fake rank $rank: SIGUSR1 (SQ_STOP_GRACE=$SQ_STOP_GRACE)"; exit 3' USR1
-trap 'echo "fake rank $rank: SIGTERM"; exit 3' TERM
+size=${OMPI_COMM_WORLD_SIZE:-${SLURM_NTASKS:-1}}
+# Like the real ranks, which meet in a stop barrier before exiting: a rank that left at once
+# would make mpirun kill the others before they saw the signal.
+stop() {
+  echo "fake rank $rank: $1"
+  touch "$SQ_RUN_DIR/stopped.$rank"
+  for _ in $(seq 100); do
+    (($(find "$SQ_RUN_DIR" -name 'stopped.*' | wc -l) >= size)) && break
+    sleep 0.1
+  done
+  exit 3
+}
+trap 'stop "SIGUSR1 (SQ_STOP_GRACE=$SQ_STOP_GRACE)"' USR1
+trap 'stop SIGTERM' TERM
 echo "fake rank $rank: running"
 while :; do sleep 0.1; done
 SH
