@@ -269,6 +269,10 @@ constexpr std::array<Choice<ExportFormat>, 2> kExportFormats = {{
     {"compressed-tensors", ExportFormat::compressed_tensors},
     {"none", ExportFormat::none},
 }};
+constexpr std::array<Choice<Device>, 2> kDevices = {{
+    {"cpu", Device::cpu},
+    {"cuda", Device::cuda},
+}};
 // "model" keeps the checkpoint's own dtype (nullopt).
 constexpr std::array<Choice<std::optional<DType>>, 4> kExportDTypes = {{
     {"model", std::nullopt},
@@ -476,7 +480,8 @@ ExportSpec parse_export(const Source& src, const Value& value) {
 
 Recipe parse_root(const Source& src, const YAML::Node& root) {
   const Map m(src, Value{root, root.Mark(), ""},
-              {"model", "output", "data", "scheme", "calibration", "stages", "export", "threads"});
+              {"model", "output", "data", "scheme", "calibration", "stages", "export", "device",
+               "threads"});
   Recipe recipe;
   recipe.file = src.file;
   recipe.model_dir = resolve_path(src, m.require("model"));
@@ -491,6 +496,7 @@ Recipe parse_root(const Source& src, const YAML::Node& root) {
   }
   recipe.stages = parse_stages(src, m.require("stages"));
   if (auto v = m.get("export")) recipe.export_ = parse_export(src, *v);
+  if (auto v = m.get("device")) recipe.device = choice(src, *v, kDevices);
   if (auto v = m.get("threads")) {
     recipe.threads = static_cast<int>(integer(src, *v, 0, kMaxThreads));
   }
@@ -574,6 +580,7 @@ std::string Recipe::canonical() const {
                       {"activations", activations},
                       {"attention_inputs", scheme.attention_inputs}}},
                     {"calibration", {{"inputs", recipe_name(calibration.inputs)}}},
+                    {"device", recipe_name(device)},
                     {"stages", stage_list},
                     {"export",
                      {{"format", recipe_name(export_.format)},
@@ -623,5 +630,6 @@ std::string_view recipe_name(ScaleRule value) { return name_of(value, kScaleRule
 std::string_view recipe_name(CalibrationInputs value) { return name_of(value, kCalibrationInputs); }
 std::string_view recipe_name(StageKind value) { return name_of(value, kStages); }
 std::string_view recipe_name(ExportFormat value) { return name_of(value, kExportFormats); }
+std::string_view recipe_name(Device value) { return name_of(value, kDevices); }
 
 }  // namespace sq::io

@@ -28,6 +28,9 @@ enum class ScaleRule { max_int, half_range };
 enum class CalibrationInputs { fp, quant };
 enum class StageKind { calibrate, smoothquant, os_plus, quantize_weights };
 enum class ExportFormat { compressed_tensors, none };
+// Where a rank runs the block forward of calibration and propagation: the FP32 CPU kernels, or
+// its GPU (one rank per GPU; linears in the checkpoint's 16-bit type, see model/device_forward.h).
+enum class Device { cpu, cuda };
 
 // Paths are absolute, or joined to the recipe file's directory, and lexically normalized.
 struct DataSpec {
@@ -87,6 +90,7 @@ struct Recipe {
   // quantize_weights; smoothquant and os_plus appear at most once each.
   std::vector<StageSpec> stages;
   ExportSpec export_;
+  Device device = Device::cpu;
   int threads = 0;  // BLAS threads per rank; 0: 1 under MPI, the library's default otherwise
 
   // A canonical JSON string (sorted keys, resolved paths) of everything that changes the
@@ -117,5 +121,6 @@ std::string_view recipe_name(ScaleRule value);
 std::string_view recipe_name(CalibrationInputs value);
 std::string_view recipe_name(StageKind value);
 std::string_view recipe_name(ExportFormat value);
+std::string_view recipe_name(Device value);
 
 }  // namespace sq::io

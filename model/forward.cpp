@@ -190,6 +190,19 @@ void run_hook(const BlockContext& ctx, Site site, Tensor& t) {
 }
 }  // namespace
 
+cpu::AttentionShape attention_shape(const io::ModelConfig& c, i64 tq, i64 tk, i64 q_width,
+                                    i64 kv_width) {
+  return {.tq = tq,
+          .tk = tk,
+          .q_heads = c.num_heads,
+          .kv_heads = c.num_kv_heads,
+          .head_dim = c.head_dim,
+          .q_stride = q_width,
+          .kv_stride = kv_width,
+          .out_stride = q_width,
+          .scale = static_cast<float>(1.0 / std::sqrt(double(c.head_dim)))};
+}
+
 Tensor attend(const io::ModelConfig& c, Tensor& q, Tensor& k, Tensor& v, const Batch& batch,
               const BlockContext& ctx) {
   KVCache* cache = ctx.cache;
@@ -213,15 +226,7 @@ Tensor attend(const io::ModelConfig& c, Tensor& q, Tensor& k, Tensor& v, const B
   Tensor attn = Tensor::zeros(DType::f32, {T, qd});
   const i64 tk = batch.past + batch.seq_len;
   std::vector<float> scratch(static_cast<std::size_t>(batch.seq_len * tk));
-  cpu::AttentionShape shape{.tq = batch.seq_len,
-                            .tk = tk,
-                            .q_heads = c.num_heads,
-                            .kv_heads = c.num_kv_heads,
-                            .head_dim = D,
-                            .q_stride = qd,
-                            .kv_stride = kvd,
-                            .out_stride = qd,
-                            .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
+  const cpu::AttentionShape shape = attention_shape(c, batch.seq_len, tk, qd, kvd);
   for (i64 s = 0; s < batch.n_seq; ++s) {
     const float* ks = k.data<float>() + s * batch.seq_len * kvd;
     const float* vs = v.data<float>() + s * batch.seq_len * kvd;

@@ -68,6 +68,12 @@ struct BlockContext {
   ActivationHook* hook = nullptr;
 };
 
+// The attention kernels' shape for one sequence of a block: tq new queries over tk keys (the
+// last tq of them are the new tokens), q rows of q_width and k/v rows of kv_width floats, scaled
+// by 1/sqrt(head_dim).
+cpu::AttentionShape attention_shape(const io::ModelConfig& config, std::int64_t tq, std::int64_t tk,
+                                    std::int64_t q_width, std::int64_t kv_width);
+
 // The attention core of a block: RoPE on q and k (in place), the attention-input hooks, then
 // causal GQA attention per sequence (through the KV cache when there is one). q is
 // [tokens, heads * head_dim], k and v [tokens, kv_heads * head_dim]; returns [tokens, q width].

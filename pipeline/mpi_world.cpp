@@ -88,6 +88,13 @@ Communicator Communicator::split(int color, int key) const {
   return result;
 }
 
+Communicator Communicator::split_node() const {
+  MPI_Comm out = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &out),
+            "MPI_Comm_split_type", world_rank_or_minus_one());
+  return Communicator(out);
+}
+
 Communicator Communicator::dup() const {
   MPI_Comm out = MPI_COMM_NULL;
   check_mpi(MPI_Comm_dup(comm_, &out), "MPI_Comm_dup", world_rank_or_minus_one());

@@ -70,6 +70,9 @@ class Communicator {
   Communicator split(int color, int key) const;
   // Collective: a new communicator with the same ranks (its own message space).
   Communicator dup() const;
+  // Collective: the ranks that share this rank's node (MPI_COMM_TYPE_SHARED), in rank order; its
+  // rank() is the node-local rank (which GPU a rank takes with device: cuda).
+  Communicator split_node() const;
   void barrier() const;
 
   // Largest message send/recv make, in bytes (at least one element, at most INT32_MAX). Both ends

@@ -42,6 +42,9 @@ constexpr u64 kHdf5DatasetOverhead = 2720;
 constexpr u64 kHdf5ChunkOverhead = 64;
 
 constexpr u64 kF32 = 4;
+// What a CUDA context with cuBLASLt's kernels loaded holds on the device beyond our allocations
+// (an estimate: a few hundred MiB on Hopper, depending on the driver and the modules loaded).
+constexpr u64 kCudaContextBytes = u64{512} << 20;
 
 // pipeline/runner.cpp process_block: the stage's writer (replica 0) hands the loaded FP32 block
 // to its stages and drops its own handle, so a tensor a stage replaces is freed at once; the
@@ -788,11 +791,12 @@ RunPlan plan_run(const io::ModelConfig& c, const io::Recipe& recipe, const PlanO
   bool transforms = false;
   for (const auto& s : recipe.stages)
     transforms |= s.kind == io::StageKind::smoothquant || s.kind == io::StageKind::os_plus;
-  // Recipes have no device key yet: every run is on CPU. A GPU recipe moves the block's working
-  // set (weights, micro-batch activations) to the device; the calibration hidden states and the
-  // mapped checkpoint stay on the host.
-  plan.on_gpu = false;
-  const Memory work = plan.on_gpu ? Memory::device : Memory::host;
+  // device: cuda moves the block forward (calibration, propagation) to the GPU: its weights in
+  // the GEMM type and the micro-batch activations live there (model/device_forward.cpp). The
+  // stages (transforms, quantization), the calibration hidden states and the mapped checkpoint
+  // stay on the host.
+  plan.on_gpu = recipe.device == io::Device::cuda;
+  const Memory work = Memory::host;
   const i64 T1 = std::min<i64>(plan.micro_batch, n_cal) * S;  // global micro-batch 0 (OS+)
 
   // A block through the recipe's stages. `kept`: the loaded FP32 block stays alive beside them
@@ -958,16 +962,62 @@ RunPlan plan_run(const io::ModelConfig& c, const io::Recipe& recipe, const PlanO
           fp32_formula + ", kept for the whole block", work);
     else
       add("block_fp32", fp32, bits({Phase::calibrate}), fp32_formula, work);
-    {
-      const u64 qd = u(b.at(LinearRole::q).rows), kvd = u(b.at(LinearRole::k).rows),
-                F = u(b.at(LinearRole::up).rows);
-      add("block_stats", (2 * H + 2 * qd + F + 2 * kvd) * 3 * kF32, block_loop,
-          "absmax/min/max per channel of the 7 sites x 4 B");
+    const u64 qd = u(b.at(LinearRole::q).rows), kvd = u(b.at(LinearRole::k).rows),
+              F = u(b.at(LinearRole::up).rows);
+    const u64 stats_bytes = (2 * H + 2 * qd + F + 2 * kvd) * 3 * kF32;  // 7 sites x 3 vectors
+    add("block_stats", stats_bytes, block_loop, "absmax/min/max per channel of the 7 sites x 4 B");
+    const auto forward_phases = bits({Phase::calibrate, Phase::propagate});
+    if (!plan.on_gpu) {
+      add("micro_batch_copy", u(T) * H * kF32, forward_phases,
+          fmt::format("the micro-batch's hidden states: {} tokens x {} x 4 B", T, H), work);
+      add("block_activations", block_activation_bytes(c, b, T, S), forward_phases,
+          activation_formula(c, b, T, S), work);
+    } else {
+      // model/device_forward.cpp: the buffers of DeviceBlockForward::Impl. They grow to the
+      // largest micro-batch and stay; the fp32 staging of one weight lives while a block uploads.
+      const bool f32_gemm = c.torch_dtype == DType::f32;
+      const u64 gemm_bytes = f32_gemm ? kF32 : 2;
+      const u64 linears = b.linear_weights();
+      // The quantized propagation runs fp32 GEMMs (dequantized weights need more than 16 bits).
+      add("device_block_weights", linears * gemm_bytes + (b.params - linears) * kF32,
+          quant_inputs ? bits({Phase::calibrate}) : forward_phases,
+          fmt::format("{} linear weights x {} B (the GEMM type), norms and biases x 4 B", linears,
+                      gemm_bytes),
+          Memory::device);
+      if (quant_inputs)
+        add("device_block_weights_fp32", b.params * kF32, bits({Phase::propagate}),
+            fmt::format("the quantized block for fp32 GEMMs: {} params x 4 B", b.params),
+            Memory::device);
+      u64 largest = 0;
+      for (const auto& l : b.linear) largest = std::max(largest, l.weights());
+      if (!f32_gemm)
+        add("device_weight_staging", largest * kF32, forward_phases,
+            fmt::format("the largest linear ({} weights) as fp32 on its way to 16 bits", largest),
+            Memory::device);
+      const u64 gated = c.gated_mlp() ? 3 : 1;
+      const u64 widest = std::max({H, qd, F});
+      add("device_activations",
+          u(T) * ((3 * H + 2 * qd + 2 * kvd + gated * F) * kF32 + (f32_gemm ? 0 : widest * 2) + 8),
+          forward_phases,
+          fmt::format(
+              "{} tokens x (3 hidden {} + 2 q {} + 2 kv {} + {} x ffn {}) x 4 B{}, positions", T, H,
+              qd, kvd, gated, F,
+              f32_gemm ? "" : fmt::format(" + the 16-bit GEMM input, {} x 2 B", widest)),
+          Memory::device);
+      add("device_stats", stats_bytes, bits({Phase::calibrate}),
+          "absmax/min/max per channel of the 7 sites x 4 B, on the device for the pass",
+          Memory::device);
+      add("cublaslt_workspace", u64{32} << 20, forward_phases, "cuBLASLt workspace, 32 MiB",
+          Memory::device);
+      add("cuda_context", kCudaContextBytes, forward_phases,
+          "CUDA context and loaded kernels (an estimate)", Memory::device);
+      // The OS+ capture (a host hook) sees micro-batch 0 through a host copy of one site at a
+      // time, the widest last.
+      if (has_os_plus && writer)
+        add("hook_copy", u(T1) * widest * kF32, bits({Phase::calibrate}),
+            fmt::format("OS+ capture of micro-batch 0 through a host copy: {} x {} x 4 B", T1,
+                        widest));
     }
-    add("micro_batch_copy", u(T) * H * kF32, bits({Phase::calibrate, Phase::propagate}),
-        fmt::format("the micro-batch's hidden states: {} tokens x {} x 4 B", T, H), work);
-    add("block_activations", block_activation_bytes(c, b, T, S),
-        bits({Phase::calibrate, Phase::propagate}), activation_formula(c, b, T, S), work);
     if (has_os_plus && writer)
       add("os_plus_inputs", 2 * u(T1) * H * kF32, bits({Phase::calibrate, Phase::transform}),
           fmt::format("OS+ search inputs (qkv_in, mlp_in) of micro-batch 0: 2 x {} x {} x 4 B", T1,
@@ -1104,11 +1154,9 @@ RunPlan plan_run(const io::ModelConfig& c, const io::Recipe& recipe, const PlanO
           "dequantized in FP32 plus the FP model; remove the key and evaluate the export with "
           "`shardquant eval` on a larger node)",
           bytes_str(r.evaluation_peak_host)));
-    if (plan.on_gpu && r.peak_device > 0) {
-      if (!o.device_memory_per_gpu)
-        needs.push_back(
-            fmt::format("{} of device memory (pass --device-memory)", bytes_str(r.peak_device)));
-      else if (r.peak_device > *o.device_memory_per_gpu)
+    // Like host memory: checked when given (--device-memory), else only reported.
+    if (plan.on_gpu && r.peak_device > 0 && o.device_memory_per_gpu) {
+      if (r.peak_device > *o.device_memory_per_gpu)
         needs.push_back(fmt::format("{} of device memory, has {} per GPU", bytes_str(r.peak_device),
                                     bytes_str(*o.device_memory_per_gpu)));
     }

@@ -28,6 +28,11 @@
 #include "stages/quantized_source.h"
 #include "stages/smooth.h"
 #include "stages/suppress.h"
+#if SQ_WITH_CUDA
+#include "model/device_forward.h"
+#include "stages/device_calibrate.h"
+#include "stages/device_quantize.h"
+#endif
 
 namespace sq::pipeline {
 namespace fs = std::filesystem;
@@ -151,6 +156,16 @@ class RankRun {
       const std::function<std::unique_ptr<model::ActivationHook>(i64, const model::Batch&)>&
           make_hook,
       Tensor& hidden);
+#if SQ_WITH_CUDA
+  using DeviceHookMaker =
+      std::function<std::unique_ptr<model::DeviceActivationHook>(i64, const model::Batch&)>;
+  void forward_on_device(
+      const model::BlockWeights& w, i64 first_local_mb, const DeviceHookMaker& make_hook,
+      Tensor& hidden,
+      model::DeviceBlockForward::Precision precision = model::DeviceBlockForward::Precision::model);
+  // device: cuda: the block forward on this rank's GPU (node-local rank = GPU index).
+  std::unique_ptr<model::DeviceBlockForward> device_;
+#endif
   void run_stage(int b, int k, BlockState& state, bool in_range, bool writer);
   void commit_block(int b, const BlockState& state);
   BlockState load_block_state(int b, const std::string& digest, model::BlockWeights fp) const;
@@ -161,6 +176,9 @@ class RankRun {
   RunOptions options_;
   Communicator& world_;
   int rank_ = 0;
+  int local_rank_ = 0, local_ranks_ = 1;  // on this node (device: cuda only)
+  std::optional<Communicator> node_;      // the ranks of this node (device: cuda only)
+  int gpu_ = -1;                          // the CUDA device this rank uses
 
   std::optional<model::Model> model_;
   const io::ModelConfig* c_ = nullptr;
@@ -222,7 +240,27 @@ void agreed(const Communicator& world, Step step) {
 
 RunSummary RankRun::run() {
   rank_ = world_.rank();
+  if (recipe_.device == io::Device::cuda) {
+    node_.emplace(world_.split_node());
+    local_rank_ = node_->rank();
+    local_ranks_ = node_->size();
+  }
   agreed(world_, [&] { prepare(); });
+#if SQ_WITH_CUDA
+  if (device_) {  // one rank per GPU, also when the launcher chose the devices
+    i64 my_pci = -1;
+    agreed(world_, [&] { my_pci = model::device_pci_id(gpu_); });
+    const std::vector<i64> pci = node_->allgather({my_pci});
+    agreed(world_, [&] {
+      for (int other = 0; other < local_rank_; ++other)
+        if (pci[static_cast<std::size_t>(other)] == pci[static_cast<std::size_t>(local_rank_)])
+          fail(ErrorContext{.file = recipe_.file},
+               "device: cuda: node-local ranks {} and {} use the same GPU (PCI id {:#x}); run one "
+               "rank per GPU",
+               other, local_rank_, pci[static_cast<std::size_t>(local_rank_)]);
+    });
+  }
+#endif
   std::vector<i64> attempt = {0};
   agreed(world_, [&] {
     if (rank_ != 0) return;  // one rank creates the directory; the others learn the outcome
@@ -290,6 +328,22 @@ void RankRun::prepare() {
   cpu::set_blas_threads(recipe_.threads > 0 ? recipe_.threads : 1);
   model_.emplace(model::Model::open(recipe_.model_dir));
   c_ = &model_->config();
+  if (recipe_.device == io::Device::cuda) {
+#if SQ_WITH_CUDA
+    try {
+      gpu_ = model::select_device(local_rank_, local_ranks_);
+      device_ = std::make_unique<model::DeviceBlockForward>(*c_);
+      log::info("rank {}: block forward on CUDA device {} (node-local rank {} of {})", rank_, gpu_,
+                local_rank_, local_ranks_);
+    } catch (const Error& e) {
+      throw e.with_file(recipe_.file);
+    }
+#else
+    fail(ErrorContext{.file = recipe_.file, .key = "device"},
+         "device: cuda, but this build has no CUDA backend (build on a machine with the CUDA "
+         "toolkit, or set device: cpu)");
+#endif
+  }
   dtype_ = recipe_.export_.dtype.value_or(c_->torch_dtype);
   scheme_.emplace(stages::scheme_from_recipe(recipe_.scheme, dtype_));
   exporting_ = recipe_.export_.format == io::ExportFormat::compressed_tensors;
@@ -449,6 +503,13 @@ void RankRun::forward(
     const std::function<std::unique_ptr<model::ActivationHook>(i64, const model::Batch&)>&
         make_hook,
     Tensor& hidden) {
+#if SQ_WITH_CUDA
+  if (device_) {  // the device path takes device hooks (forward_on_device)
+    SQ_CHECK(!make_hook, "a host activation hook on the CUDA block forward");
+    forward_on_device(w, first_local_mb, nullptr, hidden);
+    return;
+  }
+#endif
   const i64 H = g_.hidden, n = mine_.seqs();
   const auto t0 = Clock::now();
   for (i64 first = 0, mb = first_local_mb; first < n; first += g_.micro_batch, ++mb) {
@@ -464,6 +525,24 @@ void RankRun::forward(
     std::memcpy(dst, slice.data<float>(), slice.nbytes());
   }
 }
+
+#if SQ_WITH_CUDA
+void RankRun::forward_on_device(const model::BlockWeights& w, i64 first_local_mb,
+                                const DeviceHookMaker& make_hook, Tensor& hidden,
+                                model::DeviceBlockForward::Precision precision) {
+  const i64 H = g_.hidden, n = mine_.seqs();
+  const auto t0 = Clock::now();
+  device_->load(w, precision);
+  for (i64 first = 0, mb = first_local_mb; first < n; first += g_.micro_batch, ++mb) {
+    fault::point("forward.micro_batch");
+    if (first > 0) stop_->in_unit(since(t0), double(first) / double(n));
+    const i64 count = std::min(g_.micro_batch, n - first);
+    const model::Batch batch{.n_seq = count, .seq_len = g_.seq_len};
+    auto hook = make_hook ? make_hook(mb, batch) : nullptr;
+    device_->forward(batch, hidden.mutable_data<float>() + first * g_.seq_len * H, hook.get());
+  }
+}
+#endif
 
 void RankRun::obtain_input() {
   const auto t0 = Clock::now();
@@ -574,6 +653,40 @@ void RankRun::run_stage(int b, int k, BlockState& state, bool in_range, bool wri
       // block's inputs. With quantized inputs they come from the quantized block afterwards.
       Tensor scratch = quant_inputs_ ? hidden_.clone() : Tensor();
       Tensor& h = quant_inputs_ ? scratch : hidden_;
+#if SQ_WITH_CUDA
+      if (device_) {
+        // Statistics stay on the GPU for the whole pass; the OS+ search inputs (first
+        // micro-batch only) are copied to the host.
+        stages::DeviceBlockStats device_stats;
+        forward_on_device(
+            state.block.weights, mine_.first_mb,
+            [&](i64 global_mb,
+                const model::Batch& batch) -> std::unique_ptr<model::DeviceActivationHook> {
+              struct Hooks : model::DeviceActivationHook {
+                std::unique_ptr<stages::CaptureOsPlusInputs> capture;
+                std::optional<model::HostHookBridge> bridge;
+                std::optional<stages::DeviceStatsObserver> observer;
+                void at(model::Site s, float* x, i64 r, i64 cc, cudaStream_t st) override {
+                  observer->at(s, x, r, cc, st);
+                }
+              };
+              auto hooks = std::make_unique<Hooks>();
+              if (global_mb == 0 && wants_os_plus_) {
+                hooks->capture =
+                    std::make_unique<stages::CaptureOsPlusInputs>(state.os_inputs, batch);
+                hooks->bridge.emplace(
+                    *hooks->capture, false,
+                    std::initializer_list<model::Site>{model::Site::qkv_in, model::Site::mlp_in});
+              }
+              hooks->observer.emplace(device_stats, hooks->bridge ? &*hooks->bridge : nullptr);
+              return hooks;
+            },
+            h);
+        device_stats.merge_into(state.stats, device_->stream());
+        merge_stats(state.stats, *reducer_);
+        break;
+      }
+#endif
       forward(
           state.block.weights, mine_.first_mb,
           [&](i64 global_mb, const model::Batch& batch) -> std::unique_ptr<model::ActivationHook> {
@@ -695,12 +808,31 @@ void RankRun::process_block(int b) {
     }
     stop_->at_boundary();
     const auto t0 = Clock::now();
-    forward(
-        state.block.weights, mine_.first_mb,
-        [&](i64, const model::Batch&) -> std::unique_ptr<model::ActivationHook> {
-          return std::make_unique<stages::QuantizeActivations>(state.block, *scheme_);
-        },
-        hidden_);
+#if SQ_WITH_CUDA
+    if (device_) {
+      // fp32 GEMMs: the dequantized weights and activations need more bits than bf16 / fp16.
+      stages::DeviceQuantizeActivations quantize(state.block, *scheme_);
+      struct Borrowed : model::DeviceActivationHook {
+        model::DeviceActivationHook* hook;
+        explicit Borrowed(model::DeviceActivationHook* h) : hook(h) {}
+        void at(model::Site s, float* x, i64 r, i64 cc, cudaStream_t st) override {
+          hook->at(s, x, r, cc, st);
+        }
+      };
+      forward_on_device(
+          state.block.weights, mine_.first_mb,
+          [&](i64, const model::Batch&) -> std::unique_ptr<model::DeviceActivationHook> {
+            return std::make_unique<Borrowed>(&quantize);
+          },
+          hidden_, model::DeviceBlockForward::Precision::fp32);
+    } else
+#endif
+      forward(
+          state.block.weights, mine_.first_mb,
+          [&](i64, const model::Batch&) -> std::unique_ptr<model::ActivationHook> {
+            return std::make_unique<stages::QuantizeActivations>(state.block, *scheme_);
+          },
+          hidden_);
     seconds_["propagate"] += since(t0);
     unit_done(b, "propagate", since(t0), mine_.seqs() * g_.seq_len);
   }

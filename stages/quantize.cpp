@@ -129,37 +129,40 @@ void set_static_activation_params(QuantizedBlock& block, const BlockStats& stats
   }
 }
 
+std::optional<LinearRole> input_role(Site site) {
+  switch (site) {
+    case Site::qkv_in:
+      return LinearRole::q;
+    case Site::o_in:
+      return LinearRole::o;
+    case Site::mlp_in:
+      return LinearRole::up;
+    case Site::down_in:
+      return LinearRole::down;
+    case Site::attn_q:
+    case Site::attn_k:
+    case Site::attn_v:
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 void QuantizeActivations::at(Site site, float* x, std::int64_t rows, std::int64_t cols) {
   if (!scheme_.activations) return;
   const auto& a = *scheme_.activations;
   const cpu::QuantLayout per_token{.granularity = cpu::Granularity::row};
   const cpu::QuantLayout per_tensor{.granularity = cpu::Granularity::tensor};
-  LinearRole role = LinearRole::q;
-  switch (site) {
-    case Site::attn_q:
-    case Site::attn_k:
-    case Site::attn_v:
-      // Attention matmul inputs: per-token dynamic (no static scales are calibrated for them).
-      if (scheme_.attention_inputs) cpu::fake_quantize_dynamic(x, rows, cols, per_token, a.format);
-      return;
-    case Site::qkv_in:
-      role = LinearRole::q;
-      break;
-    case Site::o_in:
-      role = LinearRole::o;
-      break;
-    case Site::mlp_in:
-      role = LinearRole::up;
-      break;
-    case Site::down_in:
-      role = LinearRole::down;
-      break;
+  const std::optional<LinearRole> role = input_role(site);
+  if (!role) {
+    // Attention matmul inputs: per-token dynamic (no static scales are calibrated for them).
+    if (scheme_.attention_inputs) cpu::fake_quantize_dynamic(x, rows, cols, per_token, a.format);
+    return;
   }
   if (a.dynamic) {
     cpu::fake_quantize_dynamic(x, rows, cols, a.per_token ? per_token : per_tensor, a.format);
     return;
   }
-  const QuantizedLinear& q = block_.linear(role);
+  const QuantizedLinear& q = block_.linear(*role);
   SQ_CHECK(q.input_scale.defined(), "static activation scale missing at {}",
            model::site_name(site));
   const std::int32_t zp =

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <optional>
 
 #include "stages/calibrate.h"
 #include "stages/quantized_block.h"
@@ -22,6 +23,10 @@ Tensor dequantized_weight(const QuantizedLinear& q, const QuantScheme& scheme);
 // (q, k and v share one input, as do gate and up). No-op for dynamic activations.
 void set_static_activation_params(QuantizedBlock& block, const BlockStats& stats,
                                   const QuantScheme& scheme);
+
+// The linear whose static input parameters a site uses (q/k/v share qkv_in's, gate/up share
+// mlp_in's); none for the attention matmul inputs, which are only ever quantized per token.
+std::optional<model::LinearRole> input_role(model::Site site);
 
 // Fake-quantizes activations at matmul inputs as the scheme says: per-token dynamic, or
 // per-tensor with the block's static input scales; attention inputs per token when enabled.

@@ -198,6 +198,17 @@ refusals)
   ! grep -q "calibrate" "$work/bad.log" || fail "work started before the run directory was refused"
   [[ $(grep -c '^error: ' "$work/bad.log") == 1 ]] || fail "expected one error line: $(cat "$work/bad.log")"
   echo "ok: $(grep '^error: ' "$work/bad.log")"
+  # device: cuda where no GPU can run it (no device, or a build without CUDA): refused before any
+  # work with one line, nothing created. (With a GPU, tests/gpu covers the device forward.)
+  if ! nvidia-smi -L >/dev/null 2>&1; then
+    write_recipe "$work/gpu.yaml" "$work/gpu"
+    echo "device: cuda" >>"$work/gpu.yaml"
+    if mpirun_np 2 "$sq" run "$work/gpu.yaml" >"$work/gpu.log" 2>&1; then fail "device: cuda accepted without a GPU"; fi
+    grep -q "^error: .*gpu.yaml: .*device: cuda, but" "$work/gpu.log" || { cat "$work/gpu.log"; fail "device: cuda message"; }
+    [[ $(grep -c '^error: ' "$work/gpu.log") == 1 ]] || fail "expected one error line: $(cat "$work/gpu.log")"
+    [[ ! -e $work/gpu ]] || fail "a refused device: cuda run created its directory"
+    echo "ok: $(grep '^error: ' "$work/gpu.log")"
+  fi
   # A mismatched recipe is refused on resume, saying what differs; the run is left as it was.
   write_recipe "$work/other.yaml" "$work/ref" 0.5
   before=$(cd "$work/ref" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum)

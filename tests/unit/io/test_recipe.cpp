@@ -140,6 +140,7 @@ TEST(Recipe, Defaults) {
   EXPECT_EQ(r.export_.format, ExportFormat::compressed_tensors);
   EXPECT_FALSE(r.export_.dtype.has_value());
   EXPECT_EQ(r.threads, 0);
+  EXPECT_EQ(r.device, Device::cpu);
 
   // An activations map with bits only; bare stage names and null parameters.
   const Recipe a = parse(edit(kMinimal, "    bits: 8\n", "    bits: 8\n  activations: {bits: 4}\n")
@@ -183,7 +184,10 @@ stages:
   - smoothquant: {alpha: 0}
   - quantize_weights
 export: {dtype: float16}
+device: cuda
 )");
+  EXPECT_EQ(r.device, Device::cuda);
+  EXPECT_EQ(recipe_name(r.device), "cuda");
   EXPECT_EQ(r.scheme.weights.bits, 4);
   EXPECT_FALSE(r.scheme.weights.symmetric);
   EXPECT_EQ(r.scheme.weights.granularity, WeightGranularity::group);
@@ -334,6 +338,7 @@ TEST(Recipe, RefusesSchemeInconsistencies) {
                  "scheme.attention_inputs", "needs activation quantization");
   expect_refused(edit(kFull, "granularity: token", "granularity: cluster"), 17,
                  "scheme.activations.granularity", "must be one of token | tensor, got cluster");
+  expect_refused(kMinimal + "device: gpu\n", 10, "device", "must be one of cpu | cuda, got gpu");
   expect_refused(kMinimal + "export: {format: gguf}\n", 10, "export.format",
                  "must be one of compressed-tensors | none, got gguf");
 }
@@ -454,6 +459,9 @@ TEST(Recipe, CanonicalChangesWithSettings) {
   EXPECT_NE(base, parse(edit(kFull, "  micro_batch: 2", "  micro_batch: 4")).canonical());
   EXPECT_NE(base, parse(edit(kFull, "scale_rule: half_range", "scale_rule: max_int")).canonical());
   EXPECT_NE(base, parse(kFull + "export: {dtype: float16}\n").canonical());
+  // The device changes the statistics (16-bit GEMMs on the GPU), so a resume must not switch it.
+  EXPECT_NE(base, parse(kFull + "device: cuda\n").canonical());
+  EXPECT_EQ(base, parse(kFull + "device: cpu\n").canonical());
   EXPECT_NE(base, parse(edit(kFull, "model: ../demo/m", "model: ../demo/n")).canonical());
   EXPECT_NE(base.find("\"alpha\":0.85"), std::string::npos) << base;
 }

@@ -150,8 +150,37 @@ TEST(plan, SeventyBillionRecipeAt64RanksFromTheConfigAlone) {
     u64 best = 0;
     for (auto v : r.host_by_phase) best = std::max(best, v);
     EXPECT_EQ(r.peak_host, best);
-    EXPECT_EQ(r.peak_device, 0u);  // recipes run on CPU
   }
+  // device: cuda (one rank per GPU): the block forward's working set is on the device, as
+  // model/device_forward.cpp allocates it; the stages and the FP32 block stay on the host.
+  EXPECT_TRUE(plan.on_gpu);
+  {
+    const RankPlan& r = plan.ranks[1];
+    const u64 T = 4 * 512, QD = H, gemm_weights = H * (H + KV + KV + H) + 3 * H * F;
+    const u64 block_all = 2 * H + gemm_weights;
+    EXPECT_EQ(r.term("device_block_weights")->bytes,
+              gemm_weights * 2 + (block_all - gemm_weights) * 4);
+    EXPECT_EQ(r.term("device_block_weights")->memory, Memory::device);
+    EXPECT_EQ(r.term("device_weight_staging")->bytes, F * H * 4);
+    EXPECT_EQ(r.term("device_activations")->bytes,
+              T * ((3 * H + 2 * QD + 2 * KV + 3 * F) * 4 + F * 2 + 8));
+    EXPECT_EQ(r.term("block_activations"), nullptr);  // no CPU forward
+    EXPECT_EQ(r.term("block_fp32")->memory, Memory::host);
+    u64 device = 0;
+    for (const auto& t : r.terms)
+      if (t.memory == Memory::device && t.live_in(Phase::calibrate)) device += t.bytes;
+    EXPECT_EQ(r.peak_device, device);
+    EXPECT_LT(r.peak_device, u64{20} << 30);  // ~1.7 GB of weights, ~2 GB of activations
+  }
+  PlanOptions fits = o, tight = o;
+  fits.device_memory_per_gpu = u64{141} << 30;
+  EXPECT_TRUE(plan_run(config, recipe, fits).fits());
+  tight.device_memory_per_gpu = u64{2} << 30;
+  const RunPlan refused = plan_run(config, recipe, tight);
+  ASSERT_FALSE(refused.fits());
+  EXPECT_NE(refused.ranks[1].refusal.find("of device memory, has 2.0 GiB per GPU"),
+            std::string::npos)
+      << refused.ranks[1].refusal;
   // f16 checkpoint: each block is converted to FP32 (4 B per parameter).
   const u64 block_params = 2 * H + H * (H + KV + KV + H) + 3 * H * F;
   EXPECT_EQ(plan.ranks[1].term("block_fp32")->bytes, block_params * 4);
