@@ -48,7 +48,7 @@ void gemm_w4a4_reference(const std::int32_t* x_packed, i64 m, i64 k, const std::
 // The CPU twin of cuda::dequantize_int8_acc, bit for bit: out[i, j] = round((float(acc[i * ld + j])
 // * x_scale[i]) * w_scale[j] + bias[j]) with fp32 operations in exactly that order, each rounded
 // (never contracted into an FMA), the bias added only when given, then one round-to-nearest-even
-// conversion to `out_type`. out [m, n] (ld n); ld >= n.
+// conversion to `out_type`; a NaN is written as the canonical 0x7FFF. out [m, n] (ld n); ld >= n.
 void dequantize_int8_acc(const std::int32_t* acc, i64 m, i64 n, i64 ld, const float* x_scale,
                          const float* w_scale, const float* bias, std::uint16_t* out,
                          HalfFormat out_type);

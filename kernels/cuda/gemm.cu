@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/quant_device.cuh"
 
 namespace sq::cuda {
 namespace {
@@ -336,11 +337,7 @@ __global__ void dequantize_kernel(const std::int32_t* __restrict__ acc, i64 m, i
   for (i64 i = blockIdx.y; i < m; i += gridDim.y) {
     float v = __fmul_rn(__fmul_rn(__int2float_rn(acc[i * ld + j]), x_scale[i]), wj);
     if (bias != nullptr) v = __fadd_rn(v, bj);
-    if constexpr (H == Half::bf16) {
-      out[i * n + j] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    } else {
-      out[i * n + j] = __half_as_ushort(__float2half_rn(v));
-    }
+    out[i * n + j] = detail::to_half_bits<H == Half::bf16>(v);
   }
 }
 

@@ -286,12 +286,7 @@ __device__ inline void store(const Epilogue& ep, i64 row, i64 col, i64 n, int ac
   } else {
     float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), ep.x_scale[row]), ep.w_scale[col]);
     if (ep.bias != nullptr) v = __fadd_rn(v, ep.bias[col]);
-    auto* out = static_cast<std::uint16_t*>(ep.out);
-    if constexpr (kOut == Out::bf16) {
-      out[row * n + col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    } else {
-      out[row * n + col] = __half_as_ushort(__float2half_rn(v));
-    }
+    static_cast<std::uint16_t*>(ep.out)[row * n + col] = detail::to_half_bits<kOut == Out::bf16>(v);
   }
 }
 

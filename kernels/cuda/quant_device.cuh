@@ -3,11 +3,29 @@
 // min-max parameters of a slice, each reproducing the CPU's bits (see quant.h).
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
 #include "core/error.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cuda/reduce.cuh"
 
 namespace sq::cuda::detail {
+
+// An fp32 epilogue value as bf16 (kBf16) or fp16 bits, round to nearest even; every NaN becomes
+// the canonical 0x7FFF, as the CPU twins (cpu::dequantize_int8_acc) write it, so the bits do not
+// depend on what the conversion instruction does with a NaN's sign and payload.
+template <bool kBf16>
+__device__ inline std::uint16_t to_half_bits(float v) {
+  if (isnan(v)) return 0x7FFF;
+  if constexpr (kBf16) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  } else {
+    return __half_as_ushort(__float2half_rn(v));
+  }
+}
 
 // The integer range and divisor of an IntFormat, resolved on the host (IntFormat's own methods
 // live in sq_kernels_cpu, which this library does not link).

@@ -51,6 +51,13 @@ sq::cpu::HalfFormat cpu_half(Half h) {
   return h == Half::bf16 ? sq::cpu::HalfFormat::bf16 : sq::cpu::HalfFormat::f16;
 }
 
+// Fills a device buffer with 0xFF bytes, so an output the kernel fails to write cannot match by
+// the luck of freshly zeroed or reused memory.
+template <typename T>
+void poison(DeviceBuffer<T>& buffer) {
+  SQ_CUDA_CHECK(cudaMemset(buffer.data(), 0xFF, buffer.bytes()));
+}
+
 std::string error_of(const std::function<void()>& fn) {
   try {
     fn();
@@ -77,6 +84,7 @@ TEST(CudaInt4Pack, MatchesCpuBytes) {
       const std::vector<std::int32_t> expected = cpu_pack(q, rows, cols);
       const DeviceBuffer<std::int8_t> d_q = sq::cuda::to_device(q);
       DeviceBuffer<std::int32_t> d_packed(expected.size());
+      poison(d_packed);
       sq::cuda::pack_int4(d_q.data(), rows, cols, d_packed.data(), nullptr);
       sq::cuda::synchronize();
       expect_equal(sq::cuda::to_host(d_packed), expected, sq::cpu::int4_row_words(cols),
@@ -96,6 +104,7 @@ TEST(CudaInt4Pack, ClampsOutOfRangeCodes) {
   EXPECT_THROW(cpu_pack(q, rows, cols), sq::Error);
   const DeviceBuffer<std::int8_t> d_q = sq::cuda::to_device(q);
   DeviceBuffer<std::int32_t> d_packed(sz(rows * sq::cpu::int4_row_words(cols)));
+  poison(d_packed);
   sq::cuda::pack_int4(d_q.data(), rows, cols, d_packed.data(), nullptr);
   sq::cuda::synchronize();
   expect_equal(sq::cuda::to_host(d_packed), cpu_pack(clamped, rows, cols),
@@ -126,7 +135,9 @@ void check_quantize(const std::vector<float>& x, i64 rows, i64 cols, const IntFo
                                    expected_scale.data());
   const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
   DeviceBuffer<std::int32_t> d_packed(std::max<std::size_t>(expected.size(), 1));
-  DeviceBuffer<float> d_scale(sz(rows));
+  DeviceBuffer<float> d_scale(std::max<std::size_t>(sz(rows), 1));
+  poison(d_packed);
+  poison(d_scale);
   sq::cuda::quantize_per_token_int4(d_x.data() + offset, rows, cols, format, d_packed.data(),
                                     d_scale.data(), nullptr);
   sq::cuda::synchronize();
@@ -211,7 +222,8 @@ void check_w4a4(const W4A4Problem& p, i64 offset, const std::string& what) {
   const DeviceBuffer<float> d_ws = sq::cuda::to_device(p.w_scale);
   const DeviceBuffer<float> d_bias = sq::cuda::to_device(p.bias);
 
-  DeviceBuffer<std::int32_t> d_acc(expected.size());
+  DeviceBuffer<std::int32_t> d_acc(std::max<std::size_t>(expected.size(), 1));
+  poison(d_acc);
   sq::cuda::gemm_w4a4(d_x.data() + offset, M, K, d_w.data() + offset, N, d_acc.data(), nullptr);
   sq::cuda::synchronize();
   expect_equal(sq::cuda::to_host(d_acc), expected, N, what + " int32 accumulator");
@@ -223,6 +235,7 @@ void check_w4a4(const W4A4Problem& p, i64 offset, const std::string& what) {
     sq::cpu::linear_w4a4_reference(p.x.data(), p.x_scale.data(), M, K, p.w.data(), p.w_scale.data(),
                                    bias, N, twin.data(), cpu_half(out_type));
     DeviceBuffer<std::uint16_t> d_out(expected.size());
+    poison(d_out);
     sq::cuda::linear_w4a4(d_x.data() + offset, d_xs.data(), M, K, d_w.data() + offset, d_ws.data(),
                           d_b, N, d_out.data(), out_type, nullptr);
     sq::cuda::synchronize();
@@ -268,7 +281,8 @@ TEST(CudaW4A4Shapes, OffsetOperandsMatchCpu) {
 // here they are filled with garbage in both operands, and still no column k >= K counts.
 TEST(CudaW4A4Shapes, PaddingNibblesNeverCount) {
   SQ_SKIP_WITHOUT_CUDA();
-  for (i64 K : {1, 5, 13, 100}) {
+  // 29 and 125 (4 and 16 words a row): the 16-byte loads' tail masking sees the garbage too.
+  for (i64 K : {1, 5, 13, 100, 29, 125}) {
     W4A4Problem p = make_problem(9, 21, K, static_cast<std::uint32_t>(K));
     const i64 words = sq::cpu::int4_row_words(K);
     const std::uint32_t padding = ~((std::uint32_t{1} << (4 * (K % 8))) - 1u);
@@ -288,9 +302,27 @@ TEST(CudaW4A4Shapes, PaddingNibblesNeverCount) {
 TEST(CudaW4A4Shapes, ZeroKWritesZeros) {
   SQ_SKIP_WITHOUT_CUDA();
   DeviceBuffer<std::int32_t> d_acc(6);
+  poison(d_acc);
   sq::cuda::gemm_w4a4(nullptr, 2, 0, nullptr, 3, d_acc.data(), nullptr);
   sq::cuda::synchronize();
   expect_equal(sq::cuda::to_host(d_acc), std::vector<std::int32_t>(6, 0), 3, "k = 0");
+}
+
+// More 16-row tiles of x than grid.y holds (65535): the grid-stride loop over row tiles, and the
+// shared partial sums reused from one tile to the next.
+TEST(CudaW4A4Shapes, MoreRowTilesThanGridY) {
+  SQ_SKIP_WITHOUT_CUDA();
+  check_w4a4(make_problem(16 * 65535 + 17, 33, 8, 9), 0, "M 1048577 (65537 row tiles)");
+}
+
+// An infinite token scale (the per-token quantizer gives one to a row holding inf) times a zero
+// accumulator is NaN: written as the canonical 0x7FFF on both sides (cpu::dequantize_int8_acc).
+TEST(CudaW4A4Shapes, NaNOutputsAreCanonical) {
+  SQ_SKIP_WITHOUT_CUDA();
+  W4A4Problem p = make_problem(3, 20, 16, 12);
+  p.x_scale[1] = std::numeric_limits<float>::infinity();
+  p.x_scale[2] = -std::numeric_limits<float>::quiet_NaN();
+  check_w4a4(p, 0, "inf and NaN token scales");
 }
 
 // ---- refusals: every argument checked before a launch, named in the error ----

@@ -257,6 +257,18 @@ TEST(Int4Epilogue, HandValues) {
   dequantize_int8_acc(wide, 2, 1, 2, xs2, &ws, nullptr, two, HalfFormat::f16);
   EXPECT_EQ(two[0], f32_to_f16(0.25f));
   EXPECT_EQ(two[1], f32_to_f16(0.5f));
+  // 0 x inf (a token whose scale overflowed) and a NaN scale: the canonical NaN 0x7FFF in both
+  // formats, never a sign or payload the platform's arithmetic happened to give.
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan_scale = -std::numeric_limits<float>::quiet_NaN();
+  for (HalfFormat h : {HalfFormat::bf16, HalfFormat::f16}) {
+    out = 0;
+    dequantize_int8_acc(&zero, 1, 1, 1, &inf, &ws, nullptr, &out, h);
+    EXPECT_EQ(out, 0x7FFF);
+    out = 0;
+    dequantize_int8_acc(&acc, 1, 1, 1, &nan_scale, &ws, &b, &out, h);
+    EXPECT_EQ(out, 0x7FFF);
+  }
 }
 
 // Within the output format's rounding of a double-precision value: u |ref| plus the three fp32
