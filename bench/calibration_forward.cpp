@@ -13,6 +13,7 @@
 // Exits 0 with "no CUDA device: skipped" on a machine without a GPU.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
     for (i64 b = 0; b < batches; ++b)
       inputs.push_back(hidden_states(batch.tokens(), H, 100 + static_cast<std::uint64_t>(b)));
     double gpu_best = 1e30;
+    std::vector<float> gpu_first;  // micro-batch 0's output, checked against the CPU below
     for (int r = 0; r <= reps; ++r) {  // the first pass warms up (allocations, cuBLASLt)
       std::vector<std::vector<float>> h = inputs;
       sq::stages::DeviceBlockStats stats;
@@ -121,13 +123,16 @@ int main(int argc, char** argv) {
       sq::stages::BlockStats out;
       stats.merge_into(out, device.stream());
       if (r > 0) gpu_best = std::min(gpu_best, seconds_since(t));
+      gpu_first = std::move(h[0]);
     }
     const double gpu_tokens = double(batches * batch.tokens());
 
     // --- CPU ---
     const sq::model::Batch cpu_batch{.n_seq = cpu_seqs, .seq_len = seq_len};
+    // The same draws as the first cpu-seqs sequences of the GPU's micro-batch 0 (seed 100).
     const std::vector<float> cpu_input = hidden_states(cpu_batch.tokens(), H, 100);
     double cpu_best = 1e30;
+    std::vector<float> cpu_output;
     for (int r = 0; r < reps; ++r) {
       sq::Tensor h = sq::Tensor::zeros(sq::DType::f32, {cpu_batch.tokens(), H});
       std::memcpy(h.mutable_data<float>(), cpu_input.data(), cpu_input.size() * sizeof(float));
@@ -136,8 +141,26 @@ int main(int argc, char** argv) {
       t = Clock::now();
       sq::model::block_forward(c, w, cpu_batch, h, {.inv_freq = inv_freq, .hook = &observer});
       cpu_best = std::min(cpu_best, seconds_since(t));
+      cpu_output.assign(h.data<float>(), h.data<float>() + h.numel());
     }
     const double cpu_tokens = double(cpu_batch.tokens());
+
+    // A figure only counts for a correct forward: the GPU's output on the shared sequences
+    // against the CPU's, relative to the size of the block's update (bf16 GEMM inputs alone give
+    // a few 1e-3; tests/gpu/test_device_forward.cpp).
+    double diff = 0.0, update = 0.0;
+    for (std::size_t i = 0; i < cpu_output.size() && i < gpu_first.size(); ++i) {
+      diff += (double(gpu_first[i]) - cpu_output[i]) * (double(gpu_first[i]) - cpu_output[i]);
+      update += (double(cpu_output[i]) - cpu_input[i]) * (double(cpu_output[i]) - cpu_input[i]);
+    }
+    const double relative = std::sqrt(diff / update);
+    std::printf("GPU vs CPU output on the %lld shared sequence(s): %.2e of the block's update\n",
+                static_cast<long long>(std::min(cpu_seqs, micro_batch)), relative);
+    if (!(relative <= 1e-2)) {
+      std::fprintf(stderr, "error: the GPU forward disagrees with the CPU (%.2e > 1e-2)\n",
+                   relative);
+      return 1;
+    }
 
     // Linear FLOPs per token of the block (attention adds ~2 * 2 * seq_len / 2 * q_dim).
     const double linear_flops = 2.0 * (H * c.q_dim() + 2.0 * H * c.kv_dim() + c.q_dim() * H +

@@ -43,9 +43,10 @@ int select_device(int local_rank, int local_ranks) {
   if (count == 0)
     fail("device: cuda, but local rank {} sees no CUDA device (no driver or no GPU on this node)",
          local_rank);
-  // One visible device per rank: the launcher did the binding (checked for clashes afterwards).
-  const bool bound =
-      count == 1 && local_ranks > 1 && std::getenv("CUDA_VISIBLE_DEVICES") != nullptr;
+  // Fewer visible devices than ranks on the node, with CUDA_VISIBLE_DEVICES set: the launcher
+  // bound devices to ranks (one each, or a few each); the rank takes its first. Two ranks left
+  // with the same GPU are refused by the runner's PCI check, naming both.
+  const bool bound = count < local_ranks && std::getenv("CUDA_VISIBLE_DEVICES") != nullptr;
   if (!bound && local_ranks > count)
     fail(
         "device: cuda runs one rank per GPU, but this node has {} ranks and {} CUDA device{}; "

@@ -53,8 +53,8 @@ class HostHookBridge : public DeviceActivationHook {
 };
 
 // The GPU a rank uses, made the calling thread's device: the one at its node-local rank among the
-// visible devices, or device 0 when the launcher made exactly one GPU visible to each rank
-// (CUDA_VISIBLE_DEVICES with one entry, as `srun --gpus-per-task=1` sets it). Refused, naming the
+// visible devices, or device 0 when the launcher bound devices to ranks (CUDA_VISIBLE_DEVICES
+// set and fewer devices visible than the node has ranks, as `srun --gpus-per-task=1` leaves it). Refused, naming the
 // counts, when no device is visible or the node has more ranks than GPUs. The runner then checks
 // with device_pci_id that no two ranks of a node share a GPU.
 int select_device(int local_rank, int local_ranks);
