@@ -81,7 +81,10 @@ class DeviceBuffer {
   std::size_t size_ = 0;
 };
 
-// Synchronous copies of `count` elements; the buffer must hold at least `count`.
+// Copies of `count` elements through cudaMemcpy; the buffer must hold at least `count`. They are
+// ordered on the legacy default stream only: work on a cudaStreamNonBlocking stream is not waited
+// for (synchronize that stream first), and a copy from pageable host memory may return before
+// the device has it, so device work on another stream must not rely on it without a sync.
 template <typename T>
 void copy_to_device(const T* host, std::size_t count, DeviceBuffer<T>& device) {
   SQ_CHECK(count <= device.size(), "copy of {} elements into a buffer of {}", count, device.size());

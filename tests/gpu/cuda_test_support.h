@@ -127,6 +127,14 @@ struct MnkName {
   }
 };
 
+// Fills a device buffer with 0xFF bytes before a kernel writes it, so an output the kernel fails
+// to write cannot match by the luck of freshly zeroed memory or a previous result left in reused
+// memory.
+template <typename T>
+void poison(DeviceBuffer<T>& buffer) {
+  if (buffer.size() > 0) SQ_CUDA_CHECK(cudaMemset(buffer.data(), 0xFF, buffer.bytes()));
+}
+
 inline std::string size_name(i64 rows, i64 cols) {
   return "rows" + std::to_string(rows) + "_cols" + std::to_string(cols);
 }

@@ -1,5 +1,6 @@
 // CUDA GEMMs (kernels/cuda/gemm.h) against the CPU over awkward sizes: M in {1, 3, 17, 128}, N and
-// K in {1, 16, 19, 64, 111, 4096}. Skipped on machines without a CUDA device.
+// K in {1, 16, 19, 20, 64, 111, 4096}. Outputs start poisoned (0xFF bytes), so a path that writes
+// nothing cannot pass on the previous path's result left in reused memory. Skipped on machines without a CUDA device.
 //
 // INT8: the int32 accumulator of every path (padded, strict, reference) must equal an int64 CPU
 // product exactly. The dequantized bf16 / fp16 outputs must equal, bit for bit, the CPU twin of the
@@ -151,6 +152,7 @@ TEST_P(CudaGemm, Int8MatchesCpuOnEveryPath) {
   for (Int8Path path : {Int8Path::padded, Int8Path::strict, Int8Path::reference}) {
     const std::string what = std::string(path_name(path)) + " path";
     DeviceBuffer<std::int32_t> d_acc(expected.size());
+    poison(d_acc);  // the previous path's result may sit in the same memory
     if (path == Int8Path::strict && !strict_aligned(N, K)) {
       try {
         sq::cuda::gemm_int8(blas, d_x.data(), M, K, d_w.data(), N, d_acc.data(), path, nullptr);
@@ -169,6 +171,7 @@ TEST_P(CudaGemm, Int8MatchesCpuOnEveryPath) {
       const bool with_bias = out_type == Half::bf16;
       const std::string what_out = what + ", " + half_name(out_type) + " output";
       DeviceBuffer<std::uint16_t> d_out(expected.size());
+      poison(d_out);
       sq::cuda::linear_int8(blas, d_x.data(), d_xs.data(), M, K, d_w.data(), d_ws.data(),
                             with_bias ? d_bias.data() : nullptr, N, d_out.data(), out_type, path,
                             nullptr);
@@ -237,36 +240,82 @@ void check_linear_16bit(Half in_type, i64 M, i64 N, i64 K, std::uint32_t seed) {
   const DeviceBuffer<std::uint16_t> d_x = sq::cuda::to_device(xb);
   const DeviceBuffer<std::uint16_t> d_w = sq::cuda::to_device(wb);
   const DeviceBuffer<std::uint16_t> d_b = sq::cuda::to_device(bb);
+  // The fp32-output variant with an fp32 bias is the one the GPU forward runs.
+  const DeviceBuffer<float> d_bf = sq::cuda::to_device(bf);
   DeviceBuffer<std::uint16_t> d_y16(size);
-  DeviceBuffer<float> d_y32(size);
+  DeviceBuffer<float> d_y32(size), d_y32b(size);
+  poison(d_y16);
+  poison(d_y32);
+  poison(d_y32b);
   sq::cuda::Blas blas;
   if (in_type == Half::bf16) {
     sq::cuda::linear_bf16(blas, d_x.data(), M, K, d_w.data(), d_b.data(), N, d_y16.data(), nullptr);
     sq::cuda::linear_bf16(blas, d_x.data(), M, K, d_w.data(), static_cast<const float*>(nullptr), N,
                           d_y32.data(), nullptr);
+    sq::cuda::linear_bf16(blas, d_x.data(), M, K, d_w.data(), d_bf.data(), N, d_y32b.data(),
+                          nullptr);
   } else {
     sq::cuda::linear_f16(blas, d_x.data(), M, K, d_w.data(), d_b.data(), N, d_y16.data(), nullptr);
     sq::cuda::linear_f16(blas, d_x.data(), M, K, d_w.data(), static_cast<const float*>(nullptr), N,
                          d_y32.data(), nullptr);
+    sq::cuda::linear_f16(blas, d_x.data(), M, K, d_w.data(), d_bf.data(), N, d_y32b.data(),
+                         nullptr);
   }
   sq::cuda::synchronize();
   const std::vector<std::uint16_t> y16 = sq::cuda::to_host(d_y16);
   std::vector<float> y16f(size);
   for (std::size_t i = 0; i < size; ++i) y16f[i] = from_half_bits(y16[i], in_type);
   const std::vector<float> y32 = sq::cuda::to_host(d_y32);
+  const std::vector<float> y32b = sq::cuda::to_host(d_y32b);
 
   const double u = in_type == Half::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
   const double accumulation = double(2 * K + 16) * std::ldexp(1.0, -24);
-  std::vector<double> ref16(size), bound16(size), ref32(size), bound32(size);
+  std::vector<double> ref16(size), bound16(size), ref32(size), bound32(size), ref32b(size),
+      bound32b(size);
   for (std::size_t i = 0; i < size; ++i) {
     ref16[i] = y_bias[i];
     bound16[i] = u * std::fabs(ref16[i]) + accumulation * s_bias[i];
     ref32[i] = y_plain[i];
     bound32[i] = accumulation * s_plain[i];
+    ref32b[i] = y_bias[i];
+    bound32b[i] = accumulation * s_bias[i];
   }
   const std::string name = half_name(in_type);
   expect_within(y16f, ref16, bound16, N, name + " GEMM, " + name + " output with bias");
   expect_within(y32, ref32, bound32, N, name + " GEMM, fp32 output");
+  expect_within(y32b, ref32b, bound32b, N, name + " GEMM, fp32 output with an fp32 bias");
+}
+
+// fp32 GEMM (fp32 checkpoints, the quantized propagation): fp32 accumulation and no TF32. The
+// bound is the fp32 accumulation bound of the file comment with u_out = 0; TF32 inputs (10-bit
+// mantissas, relative error 2^-11 per product) would exceed it by orders of magnitude.
+void check_linear_f32(i64 M, i64 N, i64 K, std::uint32_t seed) {
+  const std::vector<float> x = random_vector(static_cast<std::size_t>(M * K), -1, 1, seed);
+  const std::vector<float> w = random_vector(static_cast<std::size_t>(N * K), -1, 1, seed + 1);
+  const std::vector<float> b = random_vector(static_cast<std::size_t>(N), -1, 1, seed + 2);
+  std::vector<float> xa(x.size()), wa(w.size()), ba(b.size());
+  for (std::size_t i = 0; i < x.size(); ++i) xa[i] = std::fabs(x[i]);
+  for (std::size_t i = 0; i < w.size(); ++i) wa[i] = std::fabs(w[i]);
+  for (std::size_t i = 0; i < b.size(); ++i) ba[i] = std::fabs(b[i]);
+  const std::size_t size = static_cast<std::size_t>(M * N);
+  std::vector<float> y(size), s(size);
+  sq::cpu::linear(x.data(), M, K, w.data(), b.data(), N, y.data());
+  sq::cpu::linear(xa.data(), M, K, wa.data(), ba.data(), N, s.data());
+  const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
+  const DeviceBuffer<float> d_w = sq::cuda::to_device(w);
+  const DeviceBuffer<float> d_b = sq::cuda::to_device(b);
+  DeviceBuffer<float> d_y(size);
+  poison(d_y);
+  sq::cuda::Blas blas;
+  sq::cuda::linear_f32(blas, d_x.data(), M, K, d_w.data(), d_b.data(), N, d_y.data(), nullptr);
+  sq::cuda::synchronize();
+  const double accumulation = double(2 * K + 16) * std::ldexp(1.0, -24);
+  std::vector<double> ref(size), bound(size);
+  for (std::size_t i = 0; i < size; ++i) {
+    ref[i] = y[i];
+    bound[i] = accumulation * s[i];
+  }
+  expect_within(sq::cuda::to_host(d_y), ref, bound, N, "fp32 GEMM with bias");
 }
 
 TEST_P(CudaGemm, Bf16MatchesCpuLinear) {
@@ -279,11 +328,19 @@ TEST_P(CudaGemm, F16MatchesCpuLinear) {
   check_linear_16bit(Half::f16, m(), n(), k(), seed() + 17);
 }
 
+TEST_P(CudaGemm, F32MatchesCpuLinearWithoutTf32) {
+  SQ_SKIP_WITHOUT_CUDA();
+  check_linear_f32(m(), n(), k(), seed() + 29);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AwkwardSizes, CudaGemm,
+    // 20: a multiple of 4 but not of 16, the strict INT8 path's minimum alignment.
     ::testing::Combine(::testing::Values(i64{1}, i64{3}, i64{17}, i64{128}),
-                       ::testing::Values(i64{1}, i64{16}, i64{19}, i64{64}, i64{111}, i64{4096}),
-                       ::testing::Values(i64{1}, i64{16}, i64{19}, i64{64}, i64{111}, i64{4096})),
+                       ::testing::Values(i64{1}, i64{16}, i64{19}, i64{20}, i64{64}, i64{111},
+                                         i64{4096}),
+                       ::testing::Values(i64{1}, i64{16}, i64{19}, i64{20}, i64{64}, i64{111},
+                                         i64{4096})),
     MnkName());
 
 // The strict path refuses, before launching anything, each unmet requirement by name; the padded
@@ -324,6 +381,8 @@ TEST(CudaGemmPadded, OffsetOperandsMatchTheReferenceKernel) {
   const DeviceBuffer<std::int8_t> w = sq::cuda::to_device(host_w);
   DeviceBuffer<std::int32_t> padded(static_cast<std::size_t>(M * N)),
       reference(static_cast<std::size_t>(M * N));
+  poison(padded);
+  poison(reference);
   sq::cuda::Blas blas;
   sq::cuda::gemm_int8(blas, x.data() + 1, M, K, w.data() + 1, N, padded.data(), Int8Path::padded,
                       nullptr);

@@ -51,13 +51,6 @@ sq::cpu::HalfFormat cpu_half(Half h) {
   return h == Half::bf16 ? sq::cpu::HalfFormat::bf16 : sq::cpu::HalfFormat::f16;
 }
 
-// Fills a device buffer with 0xFF bytes, so an output the kernel fails to write cannot match by
-// the luck of freshly zeroed or reused memory.
-template <typename T>
-void poison(DeviceBuffer<T>& buffer) {
-  SQ_CUDA_CHECK(cudaMemset(buffer.data(), 0xFF, buffer.bytes()));
-}
-
 std::string error_of(const std::function<void()>& fn) {
   try {
     fn();
