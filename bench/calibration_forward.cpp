@@ -10,7 +10,13 @@
 // device and read back once; the weight upload (fp32 host -> bf16 device) is timed separately.
 // CPU: `cpu-seqs` sequences (a 70B block runs at tens of tokens/s per core), every OpenBLAS
 // thread. The model (one layer, vocab 1024) is written once to DIR and reused when DIR holds it.
+// The GPU's output on the sequences both ran must agree with the CPU's (relative to the block's
+// update, <= 1e-2), or the benchmark fails instead of reporting. Last, one micro-batch's hidden
+// states to the device and back from pageable and from pinned memory, beside one micro-batch's
+// pass: how much of the pass the runner's pageable copies take.
 // Exits 0 with "no CUDA device: skipped" on a machine without a GPU.
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -183,6 +189,34 @@ int main(int argc, char** argv) {
         "to the GPU (fp32 -> bf16) %.2f s; GPU memory held %.2f GB\n",
         (gpu_tokens / gpu_best) / (cpu_tokens / cpu_best), host_load, upload,
         double(device.device_bytes()) / 1e9);
+
+    // What the pass spends moving hidden states: one micro-batch to the device and back, from
+    // pageable memory (as the runner's hidden states are) and from the same memory pinned.
+    {
+      std::vector<float>& host = inputs[0];
+      const std::size_t bytes = host.size() * sizeof(float);
+      sq::cuda::DeviceBuffer<float> d(host.size());
+      auto round_trip = [&] {
+        double best = 1e30;
+        for (int r = 0; r < 3; ++r) {
+          const auto t0 = Clock::now();
+          SQ_CUDA_CHECK(cudaMemcpy(d.data(), host.data(), bytes, cudaMemcpyHostToDevice));
+          SQ_CUDA_CHECK(cudaMemcpy(host.data(), d.data(), bytes, cudaMemcpyDeviceToHost));
+          best = std::min(best, seconds_since(t0));
+        }
+        return best;
+      };
+      const double pageable = round_trip();
+      SQ_CUDA_CHECK(cudaHostRegister(host.data(), bytes, cudaHostRegisterDefault));
+      const double pinned = round_trip();
+      SQ_CUDA_CHECK(cudaHostUnregister(host.data()));
+      const double pass = gpu_best / double(batches);
+      std::printf(
+          "hidden states of one micro-batch (%.0f MB) to the GPU and back: pageable %.1f ms "
+          "(%.1f GB/s), pinned %.1f ms (%.1f GB/s); one micro-batch's pass %.1f ms\n",
+          double(bytes) / 1e6, pageable * 1e3, 2.0 * double(bytes) / pageable / 1e9, pinned * 1e3,
+          2.0 * double(bytes) / pinned / 1e9, pass * 1e3);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
