@@ -11,6 +11,8 @@
 #   --out DIR      where logs and the gtest XML go (default $OUT when set, else gpu-check-out/)
 #   --tests-only   skip the benchmarks
 #   --sanitize     also run test_gpu under compute-sanitizer memcheck (slow: minutes)
+# A hung kernel must not eat the machine's time: the tests stop after SQ_GPU_TEST_TIMEOUT seconds
+# (default 300), each benchmark after SQ_GPU_BENCH_TIMEOUT (default 180), memcheck after 600.
 # Exits non-zero when the build or a test fails; benchmark failures are reported, not fatal.
 set -uo pipefail
 
@@ -75,15 +77,17 @@ build_targets() {
 
 run_tests() {
   nvidia-smi -L || true
-  "$build/tests/test_gpu" --gtest_output="xml:$out/test_gpu.xml" >"$out/test_gpu.log" 2>&1
+  timeout "${SQ_GPU_TEST_TIMEOUT:-300}" "$build/tests/test_gpu" --gtest_output="xml:$out/test_gpu.xml" \
+    >"$out/test_gpu.log" 2>&1
   local rc=$?
+  ((rc == 124)) && echo "gpu-check: test_gpu timed out; last lines:" && tail -5 "$out/test_gpu.log"
   grep -E '^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]' "$out/test_gpu.log" | tail -8
   grep -E '^\[  FAILED  \]' "$out/test_gpu.log" | head -40
   return $rc
 }
 
 sanitize_tests() {
-  compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_gpu" \
+  timeout 600 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_gpu" \
     --gtest_brief=1 >"$out/memcheck.log" 2>&1
   local rc=$?
   grep -E 'ERROR SUMMARY|^\[  FAILED' "$out/memcheck.log" | head -20
@@ -93,7 +97,7 @@ sanitize_tests() {
 bench() {
   local name=$1
   shift
-  "$build/bench/$name" "$@" 2>&1 | tee "$out/$name.log"
+  timeout "${SQ_GPU_BENCH_TIMEOUT:-180}" "$build/bench/$name" "$@" 2>&1 | tee "$out/$name.log"
 }
 
 rc=0
