@@ -9,7 +9,9 @@
 // stores them.
 //
 // Non-finite inputs never cause undefined behaviour: NaN quantizes to the zero point (so it
-// dequantizes to 0) and +-inf clamps to qmax / qmin; the min-max and MSE observers skip NaN.
+// dequantizes to 0) and, with a finite scale, +-inf clamps to qmax / qmin; the min-max and MSE
+// observers skip NaN. A slice holding +-inf gets an infinite min-max scale, so fake-quantizing it
+// gives (q - zp) x inf: NaN for its codes at the zero point (which NaN is the platform's).
 #pragma once
 
 #include <algorithm>

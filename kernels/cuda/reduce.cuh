@@ -74,7 +74,10 @@ inline int threads_for_cols(long long cols, int max_threads) {
 // stride over the columns, then block_sum; the same blockDim gives the same bits.
 __device__ inline float row_inv_rms(const float* __restrict__ xr, long long cols, float eps) {
   float sum_sq = 0.0f;
-  for (long long j = threadIdx.x; j < cols; j += blockDim.x) sum_sq += xr[j] * xr[j];
+  // An explicit FMA: rms_norm and the fused quantizer share these bits whatever the compiler's
+  // contraction choice (or -fmad=false) would make of x * x + s.
+  for (long long j = threadIdx.x; j < cols; j += blockDim.x)
+    sum_sq = __fmaf_rn(xr[j], xr[j], sum_sq);
   sum_sq = block_sum(sum_sq);
   return rsqrtf(sum_sq / static_cast<float>(cols) + eps);
 }

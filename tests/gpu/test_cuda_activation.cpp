@@ -58,6 +58,7 @@ TEST_P(CudaActivation, SiluMulMatchesCpu) {
   sq::cpu::silu_mul(gate.data(), up.data(), n(), expected.data());
   const DeviceBuffer<float> d_gate = sq::cuda::to_device(gate), d_up = sq::cuda::to_device(up);
   DeviceBuffer<float> d_out(gate.size());
+  poison(d_out);
   sq::cuda::silu_mul(d_gate.data(), d_up.data(), n(), d_out.data(), nullptr);
   sq::cuda::synchronize();
   expect_close(sq::cuda::to_host(d_out), expected, expected, kSiluTolerance, 1, "silu_mul");

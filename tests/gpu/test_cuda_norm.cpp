@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cuda_test_support.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/norm.h"
@@ -81,6 +82,7 @@ TEST_P(CudaNorm, RmsNormMatchesCpu) {
   const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
   const DeviceBuffer<float> d_weight = sq::cuda::to_device(weight);
   DeviceBuffer<float> d_out(x.size());
+  sq::cuda::testing::poison(d_out);
   sq::cuda::rms_norm(d_x.data(), rows(), cols(), d_weight.data(), eps, d_out.data(), nullptr);
   sq::cuda::synchronize();
   expect_close(sq::cuda::to_host(d_out), expected, cols());
@@ -101,6 +103,7 @@ TEST_P(CudaNorm, LayerNormMatchesCpu) {
   const DeviceBuffer<float> d_weight = sq::cuda::to_device(weight);
   const DeviceBuffer<float> d_bias = sq::cuda::to_device(bias);
   DeviceBuffer<float> d_out(x.size());
+  sq::cuda::testing::poison(d_out);
   sq::cuda::layer_norm(d_x.data(), rows(), cols(), d_weight.data(), d_bias.data(), eps,
                        d_out.data(), nullptr);
   sq::cuda::synchronize();
@@ -119,6 +122,7 @@ TEST_P(CudaNorm, LayerNormWithoutBiasMatchesCpu) {
   const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
   const DeviceBuffer<float> d_weight = sq::cuda::to_device(weight);
   DeviceBuffer<float> d_out(x.size());
+  sq::cuda::testing::poison(d_out);
   sq::cuda::layer_norm(d_x.data(), rows(), cols(), d_weight.data(), nullptr, eps, d_out.data(),
                        nullptr);
   sq::cuda::synchronize();
@@ -147,6 +151,7 @@ TEST(CudaNormStream, RunsOnGivenStream) {
   const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
   const DeviceBuffer<float> d_weight = sq::cuda::to_device(weight);
   DeviceBuffer<float> d_out(x.size());
+  sq::cuda::testing::poison(d_out);
   sq::cuda::rms_norm(d_x.data(), rows, cols, d_weight.data(), 1e-6f, d_out.data(), stream);
   sq::cuda::synchronize(stream);
   SQ_CUDA_CHECK(cudaStreamDestroy(stream));

@@ -27,6 +27,9 @@ struct GpuStats {
 
 GpuStats observe_on_gpu(const std::vector<std::vector<float>>& batches, i64 cols) {
   DeviceBuffer<float> absmax(static_cast<std::size_t>(cols)), mn(absmax.size()), mx(absmax.size());
+  poison(absmax);  // channel_stats_init must cover every column
+  poison(mn);
+  poison(mx);
   sq::cuda::channel_stats_init(cols, absmax.data(), mn.data(), mx.data(), nullptr);
   for (const auto& x : batches) {
     const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
