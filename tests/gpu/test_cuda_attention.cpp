@@ -311,16 +311,22 @@ TEST(CudaAttentionStream, RunsOnGivenStream) {
 
 // Every refusal is an sq::Error naming the argument, thrown before any launch (null pointers: a
 // check that wrongly passed would then throw the null-pointer error instead of reading memory).
+// 8 q heads over 2 kv heads of 64 dims, packed rows: the shape the argument tests vary.
+AttentionShape gqa_shape(i64 tq, i64 tk) {
+  AttentionShape s;
+  s.tq = tq;
+  s.tk = tk;
+  s.q_heads = 8;
+  s.kv_heads = 2;
+  s.head_dim = 64;
+  s.q_stride = s.out_stride = 8 * 64;
+  s.kv_stride = 2 * 64;
+  return s;
+}
+
 TEST(CudaAttentionArgs, RefusesBadShapes) {
   SQ_SKIP_WITHOUT_CUDA();
-  AttentionShape good;
-  good.tq = 4;
-  good.tk = 6;
-  good.q_heads = 8;
-  good.kv_heads = 2;
-  good.head_dim = 64;
-  good.q_stride = good.out_stride = 8 * 64;
-  good.kv_stride = 2 * 64;
+  const AttentionShape good = gqa_shape(4, 6);
   const auto expect_refused = [](const AttentionShape& s, i64 n_seq, const std::string& needle) {
     try {
       sq::cuda::attention(s, n_seq, nullptr, nullptr, nullptr, nullptr, nullptr);
@@ -370,14 +376,7 @@ TEST(CudaAttentionArgs, RefusesBadShapes) {
 
 TEST(CudaAttentionArgs, EmptyLaunchesNothing) {
   SQ_SKIP_WITHOUT_CUDA();
-  AttentionShape s;
-  s.tq = 4;
-  s.tk = 4;
-  s.q_heads = 8;
-  s.kv_heads = 2;
-  s.head_dim = 64;
-  s.q_stride = s.out_stride = 8 * 64;
-  s.kv_stride = 2 * 64;
+  AttentionShape s = gqa_shape(4, 4);
   EXPECT_NO_THROW(sq::cuda::attention(s, 0, nullptr, nullptr, nullptr, nullptr, nullptr));
   s.tq = 0;
   EXPECT_NO_THROW(sq::cuda::attention(s, 3, nullptr, nullptr, nullptr, nullptr, nullptr));
