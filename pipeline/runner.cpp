@@ -333,8 +333,14 @@ void RankRun::prepare() {
     try {
       gpu_ = model::select_device(local_rank_, local_ranks_);
       device_ = std::make_unique<model::DeviceBlockForward>(*c_);
-      log::info("rank {}: block forward on CUDA device {} (node-local rank {} of {})", rank_, gpu_,
-                local_rank_, local_ranks_);
+      // The GEMM type follows config.json's torch_dtype (model/device_forward.h): say which.
+      log::info(
+          "rank {}: block forward on CUDA device {} (node-local rank {} of {}), linears in {} "
+          "(config.json torch_dtype)",
+          rank_, gpu_, local_rank_, local_ranks_,
+          c_->torch_dtype == DType::bf16 || c_->torch_dtype == DType::f16
+              ? dtype_name(c_->torch_dtype)
+              : std::string_view("f32"));
     } catch (const Error& e) {
       throw e.with_file(recipe_.file);
     }
