@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
     for (i64 b = 0; b < batches; ++b)
       inputs.push_back(hidden_states(batch.tokens(), H, 100 + static_cast<std::uint64_t>(b)));
     double gpu_best = 1e30;
-    std::vector<float> gpu_first;  // micro-batch 0's output, checked against the CPU below
+    std::vector<float> gpu_first;      // micro-batch 0's output, checked against the CPU below
     for (int r = 0; r <= reps; ++r) {  // the first pass warms up (allocations, cuBLASLt)
       std::vector<std::vector<float>> h = inputs;
       sq::stages::DeviceBlockStats stats;

@@ -174,18 +174,13 @@ void run_w4a4(sq::cuda::Blas& blas, i64 m, i64 n, i64 k, int iterations, std::si
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto parsed = sq::bench::parse_iterations(argc, argv);
-  if (!parsed) return 2;
-  const int iterations = *parsed;
-  if (sq::bench::skip_without_device()) return 0;
-  try {
+  return sq::bench::benchmark_main(argc, argv, [](int iterations, const cudaDeviceProp& prop) {
     // linear_int8 takes its int32 accumulator from the stream-ordered pool on every call; keep
     // freed memory in the pool so the timing does not include returning it to the driver.
     cudaMemPool_t pool = nullptr;
     SQ_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
     std::uint64_t keep = UINT64_MAX;
     SQ_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-    const cudaDeviceProp prop = sq::bench::describe_device(iterations);
     sq::cuda::Blas blas;
     run(blas, 4096, 8192, 8192, iterations);
     run(blas, 4096, 28672, 8192, iterations);
@@ -196,9 +191,5 @@ int main(int argc, char** argv) {
     for (const i64 n : {i64{8192}, i64{28672}}) {
       for (const i64 m : {i64{1}, i64{8}, i64{16}}) run_w4a4(blas, m, n, 8192, iterations, l2);
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

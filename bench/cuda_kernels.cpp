@@ -134,20 +134,11 @@ void run_attention(i64 t, int iterations, double peak) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto parsed = sq::bench::parse_iterations(argc, argv);
-  if (!parsed) return 2;
-  const int iterations = *parsed;
-  if (sq::bench::skip_without_device()) return 0;
-  try {
-    const cudaDeviceProp prop = sq::bench::describe_device(iterations);
+  return sq::bench::benchmark_main(argc, argv, [](int iterations, const cudaDeviceProp& prop) {
     run(4096, 8192, iterations);
     run(4096, 28672, iterations);
     const double peak = fp32_peak(prop);
     run_attention(2048, iterations, peak);
     run_attention(4096, iterations, peak);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <optional>
 
 #include "kernels/cuda/device.h"
@@ -40,6 +41,23 @@ inline cudaDeviceProp describe_device(int iterations) {
   SQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d iterations per figure\n", prop.name, iterations);
   return prop;
+}
+
+// The main of a `[--iterations N]` GPU benchmark: 2 on a usage error, 0 after saying so without a
+// device, else body(iterations, device 0's properties) after the header; an exception is printed
+// and gives 1.
+template <typename Body>
+int benchmark_main(int argc, char** argv, Body body) {
+  const std::optional<int> iterations = parse_iterations(argc, argv);
+  if (!iterations) return 2;
+  if (skip_without_device()) return 0;
+  try {
+    body(*iterations, describe_device(*iterations));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
 }
 
 // Seconds per call of `fn`, averaged over `iterations` calls after 3 warm-up calls, measured with

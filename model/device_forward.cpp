@@ -381,6 +381,18 @@ void DeviceBlockForward::forward(const Batch& batch, float* hidden, DeviceActiva
   cuda::synchronize(s);
 }
 
+DType DeviceBlockForward::gemm_dtype() const {
+  switch (impl_->model_type) {
+    case GemmType::bf16:
+      return DType::bf16;
+    case GemmType::f16:
+      return DType::f16;
+    case GemmType::f32:
+      break;
+  }
+  return DType::f32;
+}
+
 std::int64_t DeviceBlockForward::device_bytes() const {
   const Impl& m = *impl_;
   i64 total = 0;

@@ -54,9 +54,9 @@ class HostHookBridge : public DeviceActivationHook {
 
 // The GPU a rank uses, made the calling thread's device: the one at its node-local rank among the
 // visible devices, or device 0 when the launcher bound devices to ranks (CUDA_VISIBLE_DEVICES
-// set and fewer devices visible than the node has ranks, as `srun --gpus-per-task=1` leaves it). Refused, naming the
-// counts, when no device is visible or the node has more ranks than GPUs. The runner then checks
-// with device_pci_id that no two ranks of a node share a GPU.
+// set and fewer devices visible than the node has ranks, as `srun --gpus-per-task=1` leaves it).
+// Refused, naming the counts, when no device is visible or the node has more ranks than GPUs. The
+// runner then checks with device_pci_id that no two ranks of a node share a GPU.
 int select_device(int local_rank, int local_ranks);
 // The PCI domain, bus and device of a device in one integer: the same for one physical GPU
 // whatever numbering CUDA_VISIBLE_DEVICES gives it.
@@ -83,6 +83,9 @@ class DeviceBlockForward {
   void forward(const Batch& batch, float* hidden, DeviceActivationHook* hook);
 
   cudaStream_t stream() const { return stream_; }
+  // The GEMM input type of Precision::model blocks: bf16 or f16 from config.json's torch_dtype,
+  // f32 for anything else.
+  DType gemm_dtype() const;
   // Device memory held now (weights and activation buffers), for logs and plans.
   std::int64_t device_bytes() const;
 

@@ -333,14 +333,10 @@ void RankRun::prepare() {
     try {
       gpu_ = model::select_device(local_rank_, local_ranks_);
       device_ = std::make_unique<model::DeviceBlockForward>(*c_);
-      // The GEMM type follows config.json's torch_dtype (model/device_forward.h): say which.
       log::info(
           "rank {}: block forward on CUDA device {} (node-local rank {} of {}), linears in {} "
-          "(config.json torch_dtype)",
-          rank_, gpu_, local_rank_, local_ranks_,
-          c_->torch_dtype == DType::bf16 || c_->torch_dtype == DType::f16
-              ? dtype_name(c_->torch_dtype)
-              : std::string_view("f32"));
+          "(from config.json torch_dtype)",
+          rank_, gpu_, local_rank_, local_ranks_, dtype_name(device_->gemm_dtype()));
     } catch (const Error& e) {
       throw e.with_file(recipe_.file);
     }
@@ -817,18 +813,11 @@ void RankRun::process_block(int b) {
 #if SQ_WITH_CUDA
     if (device_) {
       // fp32 GEMMs: the dequantized weights and activations need more bits than bf16 / fp16.
-      stages::DeviceQuantizeActivations quantize(state.block, *scheme_);
-      struct Borrowed : model::DeviceActivationHook {
-        model::DeviceActivationHook* hook;
-        explicit Borrowed(model::DeviceActivationHook* h) : hook(h) {}
-        void at(model::Site s, float* x, i64 r, i64 cc, cudaStream_t st) override {
-          hook->at(s, x, r, cc, st);
-        }
-      };
+      // One hook per micro-batch, as on the CPU (its static scales are a few bytes to upload).
       forward_on_device(
           state.block.weights, mine_.first_mb,
           [&](i64, const model::Batch&) -> std::unique_ptr<model::DeviceActivationHook> {
-            return std::make_unique<Borrowed>(&quantize);
+            return std::make_unique<stages::DeviceQuantizeActivations>(state.block, *scheme_);
           },
           hidden_, model::DeviceBlockForward::Precision::fp32);
     } else

@@ -83,7 +83,7 @@ void dequantize_int8_acc(const std::int32_t* acc, i64 m, i64 n, i64 ld, const fl
       if (bias != nullptr) v = rounded(v + bias[j]);
       // Every NaN as the canonical 0x7FFF (0 x inf from an infinite token scale, say), so the
       // bits are the device's whatever its conversion does with a NaN's sign and payload.
-      out[i * n + j] = std::isnan(v)                   ? std::uint16_t{0x7FFF}
+      out[i * n + j] = std::isnan(v)                  ? std::uint16_t{0x7FFF}
                        : out_type == HalfFormat::bf16 ? f32_to_bf16(v)
                                                       : f32_to_f16(v);
     }

@@ -223,19 +223,16 @@ TEST_P(CudaAttention, MatchesCpu) {
       "three sequences, tk = tq + 37, separate, pad 8");
 }
 
-INSTANTIATE_TEST_SUITE_P(AwkwardShapes, CudaAttention,
-                         ::testing::Combine(::testing::Values<i64>(1, 2, 17, 33, 130),
-                                            ::testing::Values(0, 1, 2, 3),
-                                            // 48 and 200 part-fill the 64- and 256-wide
-                                            // kernels (200: the second vector's guard)
-                                            ::testing::Values<i64>(1, 7, 32, 48, 64, 80, 128, 200,
-                                                                   256)),
-                         [](const ::testing::TestParamInfo<CudaAttention::ParamType>& p) {
-                           const Heads hd = kHeads[std::get<1>(p.param)];
-                           return "tq" + std::to_string(std::get<0>(p.param)) + "_heads" +
-                                  std::to_string(hd.q) + "x" + std::to_string(hd.kv) + "_d" +
-                                  std::to_string(std::get<2>(p.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    AwkwardShapes, CudaAttention,
+    ::testing::Combine(::testing::Values<i64>(1, 2, 17, 33, 130), ::testing::Values(0, 1, 2, 3),
+                       // 48, 200: part-fill the 64- and 256-wide kernels (200: 2nd vector's guard)
+                       ::testing::Values<i64>(1, 7, 32, 48, 64, 80, 128, 200, 256)),
+    [](const ::testing::TestParamInfo<CudaAttention::ParamType>& p) {
+      const Heads hd = kHeads[std::get<1>(p.param)];
+      return "tq" + std::to_string(std::get<0>(p.param)) + "_heads" + std::to_string(hd.q) + "x" +
+             std::to_string(hd.kv) + "_d" + std::to_string(std::get<2>(p.param));
+    });
 
 // Decoding a few tokens against a long cache: 5 queries at positions 65..69 of 70 keys.
 TEST(CudaAttentionCache, FewQueriesLongCache) {

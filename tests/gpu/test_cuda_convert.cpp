@@ -32,12 +32,23 @@ float from_bits(std::uint32_t u) {
 // Edge patterns of both target formats, each with both signs, then random bit patterns (NaNs
 // left out: convert.h promises only that NaN stays NaN).
 std::vector<float> cast_inputs() {
-  std::vector<float> v = {
-      0.0f, 1.0f, 1.5f, 65504.0f, 65519.99f, 65520.0f, 65536.0f, 3.0e38f,
-      std::numeric_limits<float>::max(), std::numeric_limits<float>::infinity(),
-      std::numeric_limits<float>::min(), std::numeric_limits<float>::denorm_min(),
-      std::ldexp(1.0f, -24), std::ldexp(1.0f, -25), std::ldexp(3.0f, -26), std::ldexp(1.0f, -14),
-      std::ldexp(1023.0f, -24)};
+  std::vector<float> v = {0.0f,
+                          1.0f,
+                          1.5f,
+                          65504.0f,
+                          65519.99f,
+                          65520.0f,
+                          65536.0f,
+                          3.0e38f,
+                          std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::min(),
+                          std::numeric_limits<float>::denorm_min(),
+                          std::ldexp(1.0f, -24),
+                          std::ldexp(1.0f, -25),
+                          std::ldexp(3.0f, -26),
+                          std::ldexp(1.0f, -14),
+                          std::ldexp(1023.0f, -24)};
   // bf16 ties and near-ties: the low 16 bits at 0x8000 (tie), 0x7FFF, 0x8001, with odd and even
   // kept parts; fp16 ties likewise at bit 12.
   for (std::uint32_t base : {0x3F800000u, 0x3F810000u, 0x47000000u, 0x00800000u, 0x7F7F0000u}) {
@@ -82,7 +93,8 @@ TEST(CudaConvert, NaNStaysNaN) {
   sq::cuda::to_bf16(d_x.data(), 3, d_bf16.data(), nullptr);
   sq::cuda::to_f16(d_x.data(), 3, d_f16.data(), nullptr);
   sq::cuda::synchronize();
-  for (std::uint16_t b : sq::cuda::to_host(d_bf16)) EXPECT_TRUE(std::isnan(sq::bf16_to_f32(b))) << b;
+  for (std::uint16_t b : sq::cuda::to_host(d_bf16))
+    EXPECT_TRUE(std::isnan(sq::bf16_to_f32(b))) << b;
   for (std::uint16_t h : sq::cuda::to_host(d_f16)) EXPECT_TRUE(std::isnan(sq::f16_to_f32(h))) << h;
 }
 

@@ -1,6 +1,7 @@
 // CUDA GEMMs (kernels/cuda/gemm.h) against the CPU over awkward sizes: M in {1, 3, 17, 128}, N and
 // K in {1, 16, 19, 20, 64, 111, 4096}. Outputs start poisoned (0xFF bytes), so a path that writes
-// nothing cannot pass on the previous path's result left in reused memory. Skipped on machines without a CUDA device.
+// nothing cannot pass on the previous path's result left in reused memory. Skipped on machines
+// without a CUDA device.
 //
 // INT8: the int32 accumulator of every path (padded, strict, reference) must equal an int64 CPU
 // product exactly. The dequantized bf16 / fp16 outputs must equal, bit for bit, the CPU twin of the
@@ -336,11 +337,10 @@ TEST_P(CudaGemm, F32MatchesCpuLinearWithoutTf32) {
 INSTANTIATE_TEST_SUITE_P(
     AwkwardSizes, CudaGemm,
     // 20: a multiple of 4 but not of 16, the strict INT8 path's minimum alignment.
-    ::testing::Combine(::testing::Values(i64{1}, i64{3}, i64{17}, i64{128}),
-                       ::testing::Values(i64{1}, i64{16}, i64{19}, i64{20}, i64{64}, i64{111},
-                                         i64{4096}),
-                       ::testing::Values(i64{1}, i64{16}, i64{19}, i64{20}, i64{64}, i64{111},
-                                         i64{4096})),
+    ::testing::Combine(
+        ::testing::Values(i64{1}, i64{3}, i64{17}, i64{128}),
+        ::testing::Values(i64{1}, i64{16}, i64{19}, i64{20}, i64{64}, i64{111}, i64{4096}),
+        ::testing::Values(i64{1}, i64{16}, i64{19}, i64{20}, i64{64}, i64{111}, i64{4096})),
     MnkName());
 
 // The strict path refuses, before launching anything, each unmet requirement by name; the padded

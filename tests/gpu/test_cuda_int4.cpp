@@ -128,7 +128,7 @@ void check_quantize(const std::vector<float>& x, i64 rows, i64 cols, const IntFo
                                    expected_scale.data());
   const DeviceBuffer<float> d_x = sq::cuda::to_device(x);
   DeviceBuffer<std::int32_t> d_packed(std::max<std::size_t>(expected.size(), 1));
-  DeviceBuffer<float> d_scale(std::max<std::size_t>(sz(rows), 1));
+  DeviceBuffer<float> d_scale(sz(rows));
   poison(d_packed);
   poison(d_scale);
   sq::cuda::quantize_per_token_int4(d_x.data() + offset, rows, cols, format, d_packed.data(),
@@ -215,7 +215,7 @@ void check_w4a4(const W4A4Problem& p, i64 offset, const std::string& what) {
   const DeviceBuffer<float> d_ws = sq::cuda::to_device(p.w_scale);
   const DeviceBuffer<float> d_bias = sq::cuda::to_device(p.bias);
 
-  DeviceBuffer<std::int32_t> d_acc(std::max<std::size_t>(expected.size(), 1));
+  DeviceBuffer<std::int32_t> d_acc(expected.size());
   poison(d_acc);
   sq::cuda::gemm_w4a4(d_x.data() + offset, M, K, d_w.data() + offset, N, d_acc.data(), nullptr);
   sq::cuda::synchronize();

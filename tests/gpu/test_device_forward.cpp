@@ -205,7 +205,8 @@ class Recorder : public model::ActivationHook {
 // (the fp32 value before its 16-bit cast) and of what its GEMMs then consume.
 class RecordThenRound : public model::ActivationHook {
  public:
-  RecordThenRound(Recorder& recorder, RoundGemmInputs& round) : recorder_(recorder), round_(round) {}
+  RecordThenRound(Recorder& recorder, RoundGemmInputs& round)
+      : recorder_(recorder), round_(round) {}
   void at(model::Site site, float* x, i64 rows, i64 cols) override {
     recorder_.at(site, x, rows, cols);
     round_.at(site, x, rows, cols);
